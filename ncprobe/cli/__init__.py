@@ -1,0 +1,96 @@
+"""The ``ncprobe`` command line: one click group, one module per sub-command.
+
+User mistakes surface as ``error: <one line>`` on stderr with exit code 2 and no traceback; this
+includes click's own usage errors (unknown flag, missing argument), which click would otherwise
+print over several lines.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+from ..errors import NcprobeError
+
+# sub-command name -> (module under ncprobe.cli holding a click command called `command`, short help)
+COMMANDS = {
+    "inspect": ("inspect_cmd", "Show a checkpoint's architecture, classes, normalization and probe points."),
+    "eval": ("eval_cmd", "Top-1 accuracy of a checkpoint on a labelled dataset."),
+    "collapse": ("collapse_cmd", "Neural-collapse statistics (NC1-NC4) for every probed layer."),
+    "layers": ("layers_cmd", "Per-layer NC statistics and OOD scores: the main job."),
+    "leaderboard": ("leaderboard_cmd", "Rank checkpoints x scorers from an ood.csv."),
+    "finetune": ("finetune_cmd", "Train or fine-tune with the L2, fixed-ETF and entropy NC controls."),
+    "demo": ("demo_cmd", "The whole pipeline on scikit-learn's digits, no download."),
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a sub-command's module only when it runs, so `ncprobe --help` stays fast."""
+
+    def list_commands(self, ctx):
+        return [n for n, (mod, _) in COMMANDS.items() if importlib.util.find_spec(f"{__name__}.{mod}")]
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or name not in self.list_commands(ctx):
+            return None
+        return importlib.import_module(f"{__name__}.{COMMANDS[name][0]}").command
+
+    def format_commands(self, ctx, formatter):
+        rows = [(n, COMMANDS[n][1]) for n in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="ncprobe")
+def cli():
+    """ncprobe: per-layer neural collapse and OOD detection for any checkpoint.
+
+    \b
+    Typical use:
+      ncprobe inspect resnet20.th
+      ncprobe layers resnet20.th --id cifar10 --ood svhn --ood cifar100 --out runs/
+      ncprobe leaderboard runs/ood.csv
+      ncprobe finetune --arch cifar_resnet20 --data cifar10:train --mode etf+entropy --out m.safetensors
+
+    Scores follow one sign convention: higher = more in-distribution.
+    """
+
+
+def main(argv=None) -> None:
+    """Console entry point: runs the group and turns user mistakes into one-line errors, exit 2."""
+    try:
+        cli.main(args=argv, prog_name="ncprobe", standalone_mode=False)
+    except NcprobeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help())
+        sys.exit(2)
+    except click.UsageError as exc:
+        hint = ""
+        if exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad path, a corrupt checkpoint, an unknown dataset, a class with one
+sample, NaN features, ...) raises :class:`NcprobeError` with a one-line message that names the
+problem and the fix. The CLI prints it as ``error: <message>`` and exits with code 2, no traceback.
+Anything else that escapes is a bug in ncprobe and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class NcprobeError(Exception):
+    """A problem with the user's input, reported as one line; the CLI exits with code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class CheckpointError(NcprobeError):
+    """The checkpoint file cannot be read, is refused, or matches no architecture."""
+
+
+class DatasetError(NcprobeError):
+    """The dataset spec is unknown, the files are missing, or the data are malformed."""
+
+
+class ScoringError(NcprobeError):
+    """Features or labels cannot be scored as asked (empty set, NaN rows, one-sample class, ...)."""
