@@ -1,0 +1,21 @@
+"""`ncprobe eval`: top-1 accuracy on a labelled dataset."""
+
+from __future__ import annotations
+
+import click
+
+from .options import checkpoint_options, run_options
+
+
+@click.command(name="eval")
+@click.argument("checkpoint", metavar="CKPT")
+@click.option("--data", required=True, metavar="SPEC",
+              help="Labelled dataset: cifar10[:test], path/to/set.npz, an image folder, digits, ...")
+@checkpoint_options
+@run_options
+def command(checkpoint, data, checkpoint_options, run):
+    """Top-1 accuracy of CKPT on a labelled dataset (prints `accuracy: 0.XXXX`)."""
+    from ..api import evaluate
+
+    acc = evaluate(checkpoint, data, checkpoint_options=checkpoint_options, **run)
+    click.echo(f"accuracy: {acc:.4f}")

@@ -1,0 +1,75 @@
+"""`ncprobe layers`: per-layer NC statistics and OOD scores, the main job."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from .options import cache_note, checkpoint_options, ensure_writable_dir, run_options
+
+
+@click.command(name="layers")
+@click.argument("checkpoint", metavar="CKPT")
+@click.option("--id", "id_spec", required=True, metavar="SPEC", help="In-distribution test set (cifar10, test.npz, ...).")
+@click.option("--ood", "ood_specs", multiple=True, required=True, metavar="SPEC",
+              help="Out-of-distribution set; repeat for several (svhn, cifar100, textures.npz, noise:gaussian, ...).")
+@click.option("--fit", "fit_spec", default=None, metavar="SPEC",
+              help="Labelled set the scorers and NC statistics are fitted on (default: the ID set's train split).")
+@click.option("--fit-split", type=float, default=None, metavar="FRAC",
+              help="Instead of --fit, hold out this fraction of the ID set (per class) as the fit set.")
+@click.option("--scorers", default=None, metavar="NAMES",
+              help="Comma-separated scorers (default: all). Feature scorers: mahalanobis, rmds, gda, knn, vim, neco, "
+                   "featnorm, ncc. Logit scorers: msp, maxlogit, energy, gen.")
+@click.option("--layers", default=None, metavar="NAMES",
+              help="Comma-separated probe points, or 'all' (default: the block groups, penultimate, logits).")
+@click.option("--knn-k", type=click.IntRange(min=1), default=None, help="k of the kNN scorer (default 50).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("ncprobe-runs"), show_default=True,
+              metavar="DIR", help="Append rows to DIR/ood.csv and DIR/collapse.csv; write DIR/<run_id>.png.")
+@click.option("--group", default=None, help="Tag for the leaderboard, e.g. one recipe over several seeds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --fit-split (stored with the rows).")
+@click.option("--no-plot", is_flag=True, help="Skip the per-run figure.")
+@checkpoint_options
+@run_options
+def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers, knn_k, out, group, seed, no_plot,
+            checkpoint_options, run):
+    """How collapsed each layer of CKPT is, and how well each OOD score separates ID from OOD there.
+
+    One forward pass per dataset (cached), then NC metrics and every feature scorer at every layer
+    and every logit scorer on the logits. Scores: higher = more in-distribution. FPR95 treats ID
+    as positive (fraction of OOD accepted when 95% of ID is kept); fpr95_oodpos in the CSV is
+    OpenOOD's convention.
+
+    \b
+    Example:
+      ncprobe layers resnet20.th --id cifar10 --ood svhn --ood cifar100 --out runs/
+    """
+    from ..api import layers as run_layers
+    from ..report.tables import best_layer_table, layer_table, render
+
+    started = time.perf_counter()
+    out_dir = ensure_writable_dir(out)
+    params = {"knn": {"k": knn_k}} if knn_k else None
+    result = run_layers(checkpoint, id_spec, list(ood_specs), fit_spec, scorers=scorers, layers=layers, out=out_dir,
+                        fit_split=fit_split, seed=seed, group=group, checkpoint_options=checkpoint_options,
+                        scorer_params=params, plot=not no_plot, **run)
+    ckpt = result.checkpoint
+    row = result.ood.iloc[0]
+    click.echo(f"{ckpt.name} ({ckpt.arch}, {ckpt.num_classes} classes)  ID {row['id']} "
+               f"(accuracy {result.id_accuracy:.4f})  fit {row['fit']} (n={row['n_fit']})")
+    click.echo(f"OOD: {', '.join(dict.fromkeys(result.ood['ood']))}")
+    click.echo("")
+    click.echo("Per layer: NC1 (lower = more collapsed), NCC accuracy, AUROC per scorer averaged over OOD sets "
+               "(* = best layer)")
+    click.echo(render(layer_table(result.collapse, result.ood)))
+    click.echo("")
+    click.echo("Per OOD set, each scorer at its best layer (AUROC higher = better, FPR95 lower = better)")
+    click.echo(render(best_layer_table(result.ood)))
+    click.echo("")
+    note = cache_note(result.from_cache)
+    if note:
+        click.echo(note)
+    click.echo(f"run {result.run_id}: wrote {out_dir / 'ood.csv'}, {out_dir / 'collapse.csv'}"
+               + (f", {result.plot_path}" if result.plot_path else ""))
+    click.echo(f"done in {time.perf_counter() - started:.1f}s")

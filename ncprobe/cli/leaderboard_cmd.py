@@ -1,0 +1,41 @@
+"""`ncprobe leaderboard`: rank checkpoints x scorers from an ood.csv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command(name="leaderboard")
+@click.argument("csv", metavar="OOD_CSV", type=click.Path(path_type=Path))
+@click.option("--layer", default="best", show_default=True, metavar="best|penultimate|NAME",
+              help="Which layer's scores rank a run: its best layer per scorer, the classifier input, or a name.")
+@click.option("--scorer", "scorers", multiple=True, metavar="NAME", help="Only these scorers (repeatable).")
+@click.option("--group-by", default="checkpoint,group", show_default=True, metavar="COLS",
+              help="Columns whose runs are pooled (mean, std, worst case), e.g. group, mode, arch.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table", show_default=True)
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Show only the first N rows.")
+def command(csv, layer, scorers, group_by, fmt, top):
+    """Rank checkpoints x scorers by AUROC averaged over the OOD sets.
+
+    Runs tagged with the same --group (e.g. seeds of one recipe) are pooled: mean, std and the
+    worst case across runs, as the L2-normalization paper reports. NC1 at the classifier input
+    comes from the collapse.csv beside OOD_CSV when present.
+    """
+    import pandas as pd
+
+    from ..report.leaderboard import leaderboard, legend, read_ood_csv
+    from ..report.tables import render
+
+    df = read_ood_csv(csv)
+    collapse_path = (csv if csv.is_dir() else csv.parent) / "collapse.csv"
+    collapse = pd.read_csv(collapse_path) if collapse_path.exists() else None
+    keys = [k.strip() for k in group_by.split(",") if k.strip()]
+    board = leaderboard(df, layer=layer, scorers=list(scorers), group_by=keys, collapse=collapse)
+    if top:
+        board = board.head(top)
+    click.echo(render(board, fmt))
+    if fmt == "table":
+        click.echo("")
+        click.echo(legend(board.columns))

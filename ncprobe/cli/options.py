@@ -1,0 +1,100 @@
+"""Option groups shared by several sub-commands, so each flag means the same everywhere."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from ..errors import NcprobeError
+
+
+def _floats(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        vals = tuple(float(v) for v in value.replace(" ", "").split(","))
+    except ValueError:
+        raise click.BadParameter("give comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+    if len(vals) not in (1, 3):
+        raise click.BadParameter("give 1 or 3 comma-separated numbers")
+    return vals * 3 if len(vals) == 1 else vals
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        vals = tuple(int(v) for v in value.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise click.BadParameter("give C,H,W or H,W or one side, e.g. 3,32,32") from None
+    if len(vals) == 1:
+        return (3, vals[0], vals[0])
+    if len(vals) == 2:
+        return (3, *vals)
+    if len(vals) == 3:
+        return vals
+    raise click.BadParameter("give C,H,W or H,W or one side, e.g. 3,32,32")
+
+
+def checkpoint_options(fn):
+    """--arch, --num-classes, --trust-pickle, --mean, --std, --input-size."""
+
+    @click.option("--arch", default=None, metavar="NAME",
+                  help="Architecture, when it cannot be inferred: a registered name (cifar_resnet20, resnet18_cifar, "
+                       "wrn28_10, ...), timm:NAME, path/to/file.py:Class or package.module:Class.")
+    @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Number of classes (else read from the head).")
+    @click.option("--trust-pickle", is_flag=True,
+                  help="Allow checkpoints that need arbitrary unpickling. Only for files from a source you trust: unpickling can run code.")
+    @click.option("--mean", callback=_floats, default=None, metavar="R,G,B", help="Input normalization mean (overrides the checkpoint's).")
+    @click.option("--std", callback=_floats, default=None, metavar="R,G,B", help="Input normalization std (overrides the checkpoint's).")
+    @click.option("--input-size", callback=_size, default=None, metavar="C,H,W", help="Model input size (overrides the checkpoint's).")
+    @functools.wraps(fn)
+    def wrapper(*args, arch, num_classes, trust_pickle, mean, std, input_size, **kwargs):
+        opts = {"arch": arch, "num_classes": num_classes, "trust_pickle": trust_pickle, "mean": mean, "std": std,
+                "input_size": input_size}
+        return fn(*args, checkpoint_options=opts, **kwargs)
+
+    return wrapper
+
+
+def run_options(fn):
+    """--data-root, --download, --device, --batch-size, --cache, --no-cache, --quiet."""
+
+    @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Where torchvision-named datasets live (default: $NCPROBE_DATA or ~/.cache/ncprobe/data).")
+    @click.option("--download", is_flag=True, help="Download torchvision-named datasets that are missing (needs a network).")
+    @click.option("--device", default=None, metavar="DEV", help="cpu, cuda, cuda:N (default: CUDA when present, else CPU).")
+    @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per forward pass.")
+    @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                  help="Feature cache directory (default: $NCPROBE_CACHE or ~/.cache/ncprobe/features).")
+    @click.option("--no-cache", is_flag=True, help="Neither read nor write cached features.")
+    @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+    @functools.wraps(fn)
+    def wrapper(*args, data_root, download, device, batch_size, cache_dir, no_cache, quiet, **kwargs):
+        opts = {"data_root": data_root, "download": download, "device": device, "batch_size": batch_size,
+                "cache_dir": cache_dir, "use_cache": not no_cache, "progress": not quiet}
+        return fn(*args, run=opts, **kwargs)
+
+    return wrapper
+
+
+def ensure_writable_dir(path: Path) -> Path:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NcprobeError(f"--out {path} is a file; give a directory for the CSVs and plots")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NcprobeError(f"cannot create --out directory {path}: {exc.strerror}; choose another path") from exc
+    return path
+
+
+def cache_note(from_cache: dict) -> str:
+    hits = [name for name, hit in from_cache.items() if hit]
+    if not hits:
+        return ""
+    if len(hits) == len(from_cache):
+        return "features: all served from the cache (no forward pass)"
+    return f"features: {', '.join(hits)} served from the cache"

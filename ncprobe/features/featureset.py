@@ -1,0 +1,45 @@
+"""The per-layer features of one dataset under one checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class FeatureSet:
+    """Pooled features, one float32 (N, D) array per probe point, in probe order.
+
+    ``layers`` always ends with ``penultimate`` (the classifier's input) and ``logits``.
+    ``labels`` is int64 (N,), -1 where unknown.
+    """
+
+    name: str
+    layers: list[str]
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+    from_cache: bool = False
+    seconds: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(len(self.labels))
+
+    def __getitem__(self, layer: str) -> np.ndarray:
+        return self.features[layer]
+
+    def dim(self, layer: str) -> int:
+        return int(self.features[layer].shape[1])
+
+    def subset(self, indices) -> "FeatureSet":
+        idx = np.asarray(indices)
+        return FeatureSet(
+            name=self.name,
+            layers=list(self.layers),
+            features={k: v[idx] for k, v in self.features.items()},
+            labels=self.labels[idx],
+            from_cache=self.from_cache,
+            seconds=self.seconds,
+            meta=dict(self.meta),
+        )
