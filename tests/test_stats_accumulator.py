@@ -48,7 +48,7 @@ def test_random_batch_split_equals_one_shot(seed):
     rng = np.random.default_rng(100 + seed)
     cuts = np.sort(rng.choice(np.arange(1, len(x)), size=rng.integers(1, 25), replace=False))
     stats = ClassStats(c, x.shape[1])
-    for xb, yb in zip(np.split(x, cuts), np.split(y, cuts)):
+    for xb, yb in zip(np.split(x, cuts), np.split(y, cuts), strict=True):
         stats.update(xb, yb)
     _assert_close(stats, x, y, c)
 

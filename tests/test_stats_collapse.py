@@ -26,7 +26,9 @@ def _direct_metrics(x, y, w, b):
     cos = np.array([[m[i] @ m[j] / norms[i] / norms[j] for j in range(c)] for i in range(c)])
     eq = np.mean([abs(cos[i, j] + 1 / (c - 1)) for i in range(c) for j in range(c) if i != j])
     g = m @ m.T
-    etf = np.linalg.norm(g / np.linalg.norm(g, "fro") - (np.eye(c) - np.ones((c, c)) / c) / np.sqrt(c - 1))
+    etf = np.linalg.norm(
+        g / np.linalg.norm(g, "fro") - (np.eye(c) - np.ones((c, c)) / c) / np.sqrt(c - 1)
+    )
     wp = w[classes]
     var = [((x[y == k] - mus[i]) ** 2).sum(1).mean() for i, k in enumerate(classes)]
     cd = np.mean(

@@ -118,9 +118,7 @@ class ClassStats:
         if n == 0:
             return self
         counts_b = np.bincount(y, minlength=self.num_classes)
-        onehot = sp.csr_matrix(
-            (np.ones(n), (y, np.arange(n))), shape=(self.num_classes, n)
-        )
+        onehot = sp.csr_matrix((np.ones(n), (y, np.arange(n))), shape=(self.num_classes, n))
         present = np.flatnonzero(counts_b)
         nb = counts_b[present].astype(np.float64)
         mean_b = np.asarray(onehot @ x)[present] / nb[:, None]
@@ -191,7 +189,9 @@ class ClassStats:
 
     def _require_samples(self) -> None:
         if self.n == 0:
-            raise ScoringError("ClassStats holds no samples; update it with labelled features first")
+            raise ScoringError(
+                "ClassStats holds no samples; update it with labelled features first"
+            )
 
     @property
     def sigma_w(self) -> np.ndarray:

@@ -53,7 +53,9 @@ def nc1(stats: ClassStats) -> float:
     # drop eigenvalues that are zero up to rounding (rank(M) < C-1, e.g. d < C-1), as pinv does
     keep = lam > lam[0] * max(c, m.shape[1]) * np.finfo(np.float64).eps if lam[0] > 0 else lam > 0
     if not keep.any():
-        raise ScoringError("all class means coincide, so NC1 is undefined; check the features/labels")
+        raise ScoringError(
+            "all class means coincide, so NC1 is undefined; check the features/labels"
+        )
     lam, v = lam[keep], v[:, keep]
     u = m.T @ v / np.sqrt(c * lam)  # (d, r) orthonormal eigenvectors of Sigma_B
     sw_u = stats.sigma_w @ u
@@ -129,7 +131,9 @@ def cdnv(stats: ClassStats) -> float:
         d2 = d2.copy()
         d2[small] = np.einsum("ij,ij->i", diff, diff)
     if np.any(d2 == 0):
-        raise ScoringError("two classes have identical means, so the CDNV is undefined; check the labels")
+        raise ScoringError(
+            "two classes have identical means, so the CDNV is undefined; check the labels"
+        )
     return float(np.mean((var[iu[0]] + var[iu[1]]) / (2.0 * d2)))
 
 
@@ -187,7 +191,9 @@ def ncc_counts(stats: ClassStats, features, labels, head=None, batch_size: int =
     }
 
 
-def collapse_metrics(stats: ClassStats, features=None, labels=None, head=None, batch_size: int = 8192) -> dict:
+def collapse_metrics(
+    stats: ClassStats, features=None, labels=None, head=None, batch_size: int = 8192
+) -> dict:
     """All NC metrics of one layer.
 
     ``stats`` come from the fit features; ``features``/``labels`` (any labelled set, usually the
@@ -197,7 +203,9 @@ def collapse_metrics(stats: ClassStats, features=None, labels=None, head=None, b
     num_classes_used.
     """
     if not isinstance(stats, ClassStats):
-        raise ScoringError("collapse_metrics needs a ClassStats; build one with ClassStats.from_features")
+        raise ScoringError(
+            "collapse_metrics needs a ClassStats; build one with ClassStats.from_features"
+        )
     _centered(stats)
     out = {
         "nc1": nc1(stats),
