@@ -1,0 +1,48 @@
+"""Small builders shared by tests: tiny models, checkpoints and data sources made on the spot."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ncprobe.checkpoint.types import LoadedCheckpoint
+from ncprobe.data.source import DataSource
+
+
+class TinyNet(nn.Module):
+    """A user-defined model: two conv stages, pooling, a linear head named `head`."""
+
+    def __init__(self, num_classes: int = 4):
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.head(self.pool(self.stage2(self.stage1(x))).flatten(1))
+
+
+def make_checkpoint(model: nn.Module, head_name: str, probe_layers, size=16, sha="") -> LoadedCheckpoint:
+    model.eval()
+    head = model.get_submodule(head_name)
+    return LoadedCheckpoint(model=model, arch=type(model).__name__, num_classes=head.out_features, head_name=head_name,
+                            input_size=(3, size, size), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), sha256=sha,
+                            source="memory", name="tiny", probe_layers=list(probe_layers))
+
+
+def make_source(n=40, size=16, classes=4, seed=0, name="toy") -> DataSource:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+    labels = np.arange(n) % classes
+    return DataSource(name=name, spec=name, labels=labels.astype(np.int64), fingerprint=f"{name}-{seed}-{n}-{size}",
+                      images=images)
+
+
+def preprocess_like_ncprobe(images: np.ndarray, mean, std) -> torch.Tensor:
+    """Independent reference for the model input: uint8 NHWC -> float NCHW normalized (same size)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255.0
+    m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+    return ((x - m) / s).float()
