@@ -25,6 +25,7 @@ from .pipeline import (
     parse_scorers,
     stratified_split,
 )
+from .probe import correlation_frame, transfer_frame
 from .report.csvlog import append_rows
 
 OOD_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "id", "fit", "ood",
@@ -33,6 +34,9 @@ OOD_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch",
 COLLAPSE_COLUMNS = ["checkpoint", "checkpoint_sha256", "arch", "data", "layer", "layer_index", "dim", "n",
                     "classes", "nc1", "nc2_equinorm", "nc2_equiangular", "nc2_etf", "nc3", "nc4", "ncc_acc",
                     "tr_ratio", "cdnv", "run_id", "timestamp", "mode", "group"]
+
+TRANSFER_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "transfer", "layer",
+                    "layer_index", "dim", "transfer_acc", "n_train", "n_test", "transfer_classes", "seed", "group"]
 
 
 @dataclass
@@ -45,6 +49,8 @@ class LayersResult:
     collapse: pd.DataFrame
     id_accuracy: float
     from_cache: dict = field(default_factory=dict)
+    transfer: pd.DataFrame | None = None
+    correlation: pd.DataFrame | None = None
     out: Path | None = None
     plot_path: Path | None = None
     extras: dict = field(default_factory=dict)
@@ -106,12 +112,15 @@ def collapse(checkpoint, data, *, layers=None, out=None, device=None, batch_size
 
 def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None, device=None, batch_size=256,
            cache_dir=None, use_cache=True, fit_split=None, seed=0, group=None, progress=True, data_root=None,
-           download=False, checkpoint_options=None, scorer_params=None, plot=True) -> LayersResult:
+           download=False, checkpoint_options=None, scorer_params=None, plot=True, transfer=None,
+           transfer_fraction=0.5) -> LayersResult:
     """The main job: per-layer NC metrics and OOD scores of ``checkpoint`` for ID set ``id`` against ``ood``.
 
     ``fit`` defaults to the ID set's train split; for a file or folder without one, give ``fit`` or
     ``fit_split`` (a fraction of the ID set, per class, held out as the fit set). With ``out``, rows
     are appended to ``out/ood.csv`` and ``out/collapse.csv`` and a plot is written to ``out/<run_id>.png``.
+    ``transfer``: labelled shifted sets (specs, ``NAME=SPEC``) for a per-layer linear probe, written to
+    ``out/transfer.csv``; the across-layer NC1 correlations go to ``out/correlation.csv``.
     """
     ckpt = as_checkpoint(checkpoint, **(checkpoint_options or {}))
     score_names = parse_scorers(scorers)
@@ -158,6 +167,13 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
         cache_flags[src.name] = fs.from_cache
         ood_sets.append(fs)
 
+    transfer_sets = []
+    for spec in ([transfer] if isinstance(transfer, (str, DataSource)) else list(transfer or [])):
+        src = as_source(spec, data_root=data_root, download=download, default_split="test")
+        fs = feats(src)
+        cache_flags[src.name] = fs.from_cache
+        transfer_sets.append(fs)
+
     run_id, stamp = new_run_id()
     head = ckpt.head_weights()
     stats = layer_stats(fit_fs, ckpt.num_classes)
@@ -171,14 +187,27 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
     for key, value in meta.items():
         ood_table[key] = value
     ood_table = ood_table.reindex(columns=OOD_COLUMNS)
+    transfer_table = pd.DataFrame(columns=TRANSFER_COLUMNS)
+    if transfer_sets:
+        parts = [transfer_frame(fs, fs.name, train_fraction=transfer_fraction, seed=seed) for fs in transfer_sets]
+        transfer_table = pd.concat(parts, ignore_index=True)
+        for key in ("run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "seed", "group"):
+            transfer_table[key] = meta[key]
+        transfer_table = transfer_table.reindex(columns=TRANSFER_COLUMNS)
+    corr = correlation_frame(collapse_table, ood_table, transfer_table)
+    for key in ("run_id", "checkpoint", "arch", "mode", "group"):
+        corr[key] = meta[key]
     result = LayersResult(run_id=run_id, checkpoint=ckpt, ood=ood_table, collapse=collapse_table,
-                          id_accuracy=id_acc, from_cache=cache_flags)
-    result.extras["features"] = {"fit": fit_fs, "id": id_fs, "ood": ood_sets}
+                          id_accuracy=id_acc, from_cache=cache_flags, transfer=transfer_table, correlation=corr)
+    result.extras["features"] = {"fit": fit_fs, "id": id_fs, "ood": ood_sets, "transfer": transfer_sets}
     if out is not None:
         result.out = Path(out)
         result.out.mkdir(parents=True, exist_ok=True)
         append_rows(result.out / "ood.csv", ood_table)
         append_rows(result.out / "collapse.csv", collapse_table)
+        if not transfer_table.empty:
+            append_rows(result.out / "transfer.csv", transfer_table)
+        append_rows(result.out / "correlation.csv", corr)
         if plot:
             from .report.plot import plot_layers
 

@@ -27,13 +27,16 @@ from .options import cache_note, checkpoint_options, ensure_writable_dir, run_op
 @click.option("--knn-k", type=click.IntRange(min=1), default=None, help="k of the kNN scorer (default 50).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("ncprobe-runs"), show_default=True,
               metavar="DIR", help="Append rows to DIR/ood.csv and DIR/collapse.csv; write DIR/<run_id>.png.")
+@click.option("--transfer", "transfer_specs", multiple=True, metavar="NAME=SPEC",
+              help="Labelled shifted set for a per-layer linear probe (OOD generalization); repeatable. "
+                   "Half of it (per class) trains the probe, the rest measures accuracy.")
 @click.option("--group", default=None, help="Tag for the leaderboard, e.g. one recipe over several seeds.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --fit-split (stored with the rows).")
 @click.option("--no-plot", is_flag=True, help="Skip the per-run figure.")
 @checkpoint_options
 @run_options
-def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers, knn_k, out, group, seed, no_plot,
-            checkpoint_options, run):
+def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers, knn_k, out, transfer_specs, group,
+            seed, no_plot, checkpoint_options, run):
     """How collapsed each layer of CKPT is, and how well each OOD score separates ID from OOD there.
 
     One forward pass per dataset (cached), then NC metrics and every feature scorer at every layer
@@ -53,7 +56,7 @@ def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers
     params = {"knn": {"k": knn_k}} if knn_k else None
     result = run_layers(checkpoint, id_spec, list(ood_specs), fit_spec, scorers=scorers, layers=layers, out=out_dir,
                         fit_split=fit_split, seed=seed, group=group, checkpoint_options=checkpoint_options,
-                        scorer_params=params, plot=not no_plot, **run)
+                        scorer_params=params, plot=not no_plot, transfer=list(transfer_specs), **run)
     ckpt = result.checkpoint
     row = result.ood.iloc[0]
     click.echo(f"{ckpt.name} ({ckpt.arch}, {ckpt.num_classes} classes)  ID {row['id']} "
@@ -62,14 +65,21 @@ def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers
     click.echo("")
     click.echo("Per layer: NC1 (lower = more collapsed), NCC accuracy, AUROC per scorer averaged over OOD sets "
                "(* = best layer)")
-    click.echo(render(layer_table(result.collapse, result.ood)))
+    click.echo(render(layer_table(result.collapse, result.ood, result.transfer)))
     click.echo("")
     click.echo("Per OOD set, each scorer at its best layer (AUROC higher = better, FPR95 lower = better)")
     click.echo(render(best_layer_table(result.ood)))
     click.echo("")
+    corr = result.correlation
+    if corr is not None and not corr.empty and corr["pearson_r"].notna().any():
+        click.echo("Across layers: correlation of NC1 with detection AUROC and transfer accuracy "
+                   "(Harun et al. report r = 0.77 and r = -0.60 on VGG17)")
+        click.echo(render(corr[["y", "n_layers", "pearson_r", "spearman_rho"]].rename(columns={"y": "NC1 vs"})))
+        click.echo("")
     note = cache_note(result.from_cache)
     if note:
         click.echo(note)
-    click.echo(f"run {result.run_id}: wrote {out_dir / 'ood.csv'}, {out_dir / 'collapse.csv'}"
+    written = ["ood.csv", "collapse.csv", "correlation.csv"] + (["transfer.csv"] if transfer_specs else [])
+    click.echo(f"run {result.run_id}: wrote {', '.join(str(out_dir / w) for w in written)}"
                + (f", {result.plot_path}" if result.plot_path else ""))
     click.echo(f"done in {time.perf_counter() - started:.1f}s")

@@ -38,8 +38,9 @@ def render(df: pd.DataFrame, fmt: str = "table", digits: int = 3) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
-def layer_table(collapse: pd.DataFrame, ood: pd.DataFrame) -> pd.DataFrame:
-    """Per layer: dim, NC1, NCC accuracy and each scorer's AUROC averaged over the OOD sets, best layer starred."""
+def layer_table(collapse: pd.DataFrame, ood: pd.DataFrame, transfer: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per layer: dim, NC1, NCC accuracy, each scorer's AUROC averaged over the OOD sets (best layer
+    starred) and, when given, linear-probe transfer accuracy per shifted set."""
     base = collapse.sort_values("layer_index")[["layer", "dim", "nc1", "ncc_acc"]].copy()
     logits_row = pd.DataFrame([{"layer": "logits", "dim": _logit_dim(ood), "nc1": float("nan"), "ncc_acc": float("nan")}])
     base = pd.concat([base, logits_row], ignore_index=True) if (ood["layer"] == "logits").any() else base
@@ -52,6 +53,9 @@ def layer_table(collapse: pd.DataFrame, ood: pd.DataFrame) -> pd.DataFrame:
         out[scorer] = [
             "-" if pd.isna(v) else f"{v:.3f}{'*' if layer == best else ' '}" for layer, v in col.items()
         ]
+    if transfer is not None and not transfer.empty:
+        for name, part in transfer.groupby("transfer", sort=False):
+            out[f"transfer:{name}"] = part.set_index("layer")["transfer_acc"].reindex(out.index)
     return out.reset_index()
 
 

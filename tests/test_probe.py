@@ -1,0 +1,70 @@
+"""Transfer probes and NC-vs-OOD correlations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from ncprobe.errors import NcprobeError
+from ncprobe.features import FeatureSet
+from ncprobe.probe import correlate, correlation_frame, probe_accuracy, transfer_frame
+
+
+def _blobs(n=400, d=8, classes=4, sep=10.0, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    centres = rng.normal(size=(classes, d)) * sep
+    return centres[y] + rng.normal(size=(n, d)), y
+
+
+def test_separable_set_gives_accuracy_one():
+    x, y = _blobs(sep=50.0)
+    assert probe_accuracy(x[::2], y[::2], x[1::2], y[1::2]) == 1.0
+
+
+def test_shuffled_labels_give_chance():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4000, 16))
+    y = rng.integers(0, 4, size=4000)
+    acc = probe_accuracy(x[:2000], y[:2000], x[2000:], y[2000:])
+    # chance is 0.25; the binomial s.d. over 2000 test samples is ~0.01
+    assert abs(acc - 0.25) < 0.05
+
+
+def test_transfer_frame_per_layer_and_unlabelled_error():
+    x, y = _blobs(sep=50.0)
+    noise = np.random.default_rng(2).normal(size=x.shape)
+    fs = FeatureSet(name="shift", layers=["good", "noise", "logits"], labels=y,
+                    features={"good": x.astype(np.float32), "noise": noise.astype(np.float32), "logits": x[:, :4]})
+    table = transfer_frame(fs, "shift", seed=0)
+    acc = table.set_index("layer")["transfer_acc"]
+    assert list(table["layer"]) == ["good", "noise"]
+    assert acc["good"] == 1.0 and acc["noise"] < 0.5
+    assert (table["n_train"] + table["n_test"] == len(y)).all()
+    fs.labels = -np.ones_like(y)
+    with pytest.raises(NcprobeError, match="labels"):
+        transfer_frame(fs, "shift")
+
+
+def test_correlate_matches_scipy_and_monotone_gives_spearman_one():
+    x = np.array([0.1, 0.5, 1.0, 2.0, 4.0, 9.0])
+    y = np.exp(x)  # strictly increasing, not linear
+    c = correlate(x, y)
+    assert c["spearman_rho"] == pytest.approx(1.0)
+    assert c["pearson_r"] == pytest.approx(stats.pearsonr(x, y).statistic)
+    assert correlate(x, -y)["spearman_rho"] == pytest.approx(-1.0)
+    assert np.isnan(correlate([1, 2], [3, 4])["pearson_r"])  # too few layers: undefined, not an error
+
+
+def test_correlation_frame_joins_layers():
+    collapse = pd.DataFrame({"layer": ["a", "b", "c", "d"], "nc1": [4.0, 3.0, 2.0, 1.0]})
+    ood = pd.DataFrame({"layer": ["a", "b", "c", "d"] * 2, "scorer": ["gda"] * 8, "ood": ["o1"] * 4 + ["o2"] * 4,
+                        "auroc": [0.6, 0.7, 0.8, 0.9, 0.62, 0.72, 0.82, 0.95]})
+    transfer = pd.DataFrame({"transfer": ["t"] * 4, "layer": ["a", "b", "c", "d"], "transfer_acc": [0.9, 0.8, 0.7, 0.65]})
+    corr = correlation_frame(collapse, ood, transfer).set_index("y")
+    assert corr.loc["auroc:gda", "spearman_rho"] == pytest.approx(-1.0)
+    assert corr.loc["transfer:t", "spearman_rho"] == pytest.approx(1.0)
+    mean_auroc = ood.groupby("layer")["auroc"].mean()
+    assert corr.loc["auroc:gda", "pearson_r"] == pytest.approx(stats.pearsonr(collapse["nc1"], mean_auroc).statistic)
