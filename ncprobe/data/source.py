@@ -65,11 +65,6 @@ class DataSource(Dataset):
         """A view on some of the samples; its name and fingerprint record which."""
         idx = np.asarray(indices, dtype=np.int64)
         digest = hashlib.sha256(idx.tobytes()).hexdigest()[:16]
-        parent = self
-
-        def load(i, _idx=idx):
-            return parent.image(int(_idx[i]))
-
         return DataSource(
             name=f"{self.name}{suffix}",
             spec=f"{self.spec}{suffix}",
@@ -77,6 +72,17 @@ class DataSource(Dataset):
             fingerprint=f"{self.fingerprint}|subset:{digest}",
             images=None if self.images is None else self.images[idx],
             classes=self.classes,
-            load_item=None if self.images is not None else load,
+            load_item=None if self.images is not None else _SubsetItems(self, idx),
             meta=dict(self.meta),
         )
+
+
+class _SubsetItems:
+    """``load_item`` of a subset of an item source (a class, not a closure, so it pickles)."""
+
+    def __init__(self, parent: DataSource, indices: np.ndarray):
+        self.parent = parent
+        self.indices = indices
+
+    def __call__(self, i: int) -> np.ndarray:
+        return self.parent.image(int(self.indices[int(i)]))

@@ -1,0 +1,19 @@
+"""Datasets: spec strings -> DataSource (raw uint8 images + labels), batching, preprocessing.
+
+``load_dataset("cifar10:train@classes=0-5,n=1000")`` -> :class:`DataSource`; see
+:mod:`ncprobe.data.spec` for the grammar and :mod:`ncprobe.data.load` for the sources.
+"""
+
+from .load import KNOWN_NAMES, default_data_root, fit_spec_for, load_dataset
+from .source import DataSource
+from .spec import DatasetSpec, parse_spec
+
+__all__ = [
+    "KNOWN_NAMES",
+    "DataSource",
+    "DatasetSpec",
+    "default_data_root",
+    "fit_spec_for",
+    "load_dataset",
+    "parse_spec",
+]
