@@ -5,13 +5,17 @@
 """
 
 from .load import KNOWN_NAMES, default_data_root, fit_spec_for, load_dataset
+from .loader import batch_loader
 from .source import DataSource
 from .spec import DatasetSpec, parse_spec
+from .transforms import Preprocess
 
 __all__ = [
     "KNOWN_NAMES",
     "DataSource",
     "DatasetSpec",
+    "Preprocess",
+    "batch_loader",
     "default_data_root",
     "fit_spec_for",
     "load_dataset",
