@@ -1,7 +1,7 @@
 """ncprobe checkpoints: a .safetensors state_dict whose metadata says how to rebuild the model.
 
 File metadata: ``{"format": "ncprobe", "ncprobe": json.dumps(meta)}`` with meta keys ``arch`` (a
-registered name or ``timm:NAME``), ``mode``, ``num_classes``, ``input_size`` (C,H,W), ``mean``,
+registry name, ``timm:NAME`` or ``file.py:Class``), ``mode``, ``num_classes``, ``input_size`` (C,H,W), ``mean``,
 ``std``, ``head`` (head options, e.g. ``projector_dim``), ``config`` (the training arguments),
 ``history`` (one dict per epoch) and ``ncprobe_version``. :func:`build_model_from_meta` rebuilds the
 (uninitialized) model; ``ncprobe.checkpoint.load_checkpoint`` then loads the weights strictly.
@@ -83,61 +83,21 @@ def read_meta(path) -> dict:
         raise CheckpointError(f"{str(path)!r} has corrupt ncprobe metadata ({exc}); re-create the checkpoint") from exc
 
 
-def _module_name(model: nn.Module, target: nn.Module) -> str:
-    for name, mod in model.named_modules():
-        if mod is target and name:
-            return name
-    raise CheckpointError("cannot find the classifier module of this timm model; fine-tune it with a registered arch")
-
-
 def create_base(arch: str, num_classes: int) -> tuple[nn.Module, str, list[str], dict]:
-    """Build an (untrained) base network by name.
+    """Build an (untrained) base network by name through the ncprobe architecture registry.
 
-    Returns (model, head_name, probe_layers, defaults) where defaults holds ``input_size``, ``mean``
-    and ``std`` of the architecture. ``arch`` is a name of the ncprobe registry or ``timm:NAME``.
+    ``arch`` is a registered name (``cifar_resnet20``, ``small_cnn``, a pattern such as ``wrn16_4``),
+    ``timm:NAME`` (``timm.create_model(NAME, pretrained=False, num_classes=...)``, head from its
+    ``get_classifier()``) or ``file.py:Class`` / ``pkg.module:Class``. Returns (model, head_name,
+    probe_layers, defaults) where defaults holds the architecture's ``input_size``, ``mean``, ``std``.
     """
-    if arch.startswith("timm:"):
-        import timm
-
-        name = arch[len("timm:"):]
-        try:
-            model = timm.create_model(name, pretrained=False, num_classes=int(num_classes))
-        except Exception as exc:  # timm raises RuntimeError for unknown names
-            raise CheckpointError(f"timm cannot build {name!r} ({exc}); check the name with timm.list_models()") from exc
-        head = model.get_classifier()
-        if not isinstance(head, nn.Module) or isinstance(head, nn.Identity):
-            raise CheckpointError(f"timm model {name!r} has no classifier module; pick another model")
-        head_name = _module_name(model, head)
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        defaults = {
-            "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
-            "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-            "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        }
-        probe = _timm_probe_layers(model)
-        return model, head_name, probe, defaults
-    from ..checkpoint.archs import small_cnn  # noqa: F401  (registers small_cnn)
-    from ..checkpoint.archs.registry import create_model, get_arch
+    # importing the archs package registers every family (small_cnn included)
+    from ..checkpoint.archs import create_model, get_arch
 
     spec = get_arch(arch)
     model = create_model(arch, num_classes=int(num_classes))
     defaults = {"input_size": tuple(spec.input_size), "mean": tuple(spec.mean), "std": tuple(spec.std)}
     return model, spec.head, list(spec.probe_layers), defaults
-
-
-def _timm_probe_layers(model: nn.Module) -> list[str]:
-    """Stage outputs of a timm model (from its feature_info), else none."""
-    info = getattr(model, "feature_info", None) or []
-    names = []
-    for item in info:
-        mod = item.get("module") if isinstance(item, dict) else None
-        if mod and mod not in names:
-            try:
-                model.get_submodule(mod)
-            except AttributeError:
-                continue
-            names.append(mod)
-    return names
 
 
 def probe_layers_for(base_probe_layers, mode: str) -> list[str]:

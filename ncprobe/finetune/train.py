@@ -186,7 +186,8 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
     (same settings required). ``stop_after=k`` stops after k epochs of this call, as an interruption
     would (for tests). ``limit_batches`` caps the batches per epoch (smoke runs).
     Returns ``(model in eval mode, history)``, history = one dict per epoch with ``epoch``, ``loss``,
-    ``train_acc``, ``val_acc`` (None without ``val``), ``lr`` (at the epoch's end) and ``seconds``.
+    ``train_acc`` (on the augmented batches), ``val_acc`` (None without ``val``), ``lr`` (of the epoch's
+    last step) and ``seconds``.
     """
     from ..data.loader import batch_loader
     from ..data.transforms import Preprocess
@@ -317,6 +318,7 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
                            file=sys.stderr)
             loss_sum = 0.0
             correct = seen = 0
+            last_lr = opt.param_groups[0]["lr"]
             for i, (x, y) in enumerate(loader):
                 if i >= steps:
                     break
@@ -334,6 +336,7 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
+                last_lr = opt.param_groups[0]["lr"]
                 sched.step()
                 b = len(y)
                 loss_sum += float(loss.detach()) * b
@@ -349,7 +352,7 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
                 val_acc = evaluate_accuracy(model, val_src, preprocess, dev, batch_size=max(batch_size, 256),
                                             amp_dtype=amp_dtype)
             rec = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                   "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+                   "val_acc": val_acc, "lr": last_lr, "seconds": time.perf_counter() - t0}
             history.append(rec)
             meta["history"] = history
             save_checkpoint(out, model, meta)
