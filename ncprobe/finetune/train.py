@@ -74,8 +74,8 @@ def _load_data(spec: str, data_root, default_split: str, what: str):
     from ..data import load_dataset
 
     src = load_dataset(spec, data_root=data_root, default_split=default_split)
-    if len(src) == 0:
-        raise DatasetError(f"{what} set {spec!r} is empty; check the spec's split and class options")
+    if len(src) < 2:
+        raise DatasetError(f"{what} set {spec!r} has {len(src)} images; it needs at least 2 (check the split and options)")
     if not src.labelled:
         raise DatasetError(f"{what} set {spec!r} has no labels; fine-tuning needs a labelled set (npz with y, ...)")
     return src
@@ -251,8 +251,6 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
             raise NcprobeError(f"{rpath} has {meta['num_classes']} classes but {data!r} has {data_classes}")
     else:
         num_classes = data_classes
-        if finetuning:
-            from ..checkpoint import load_checkpoint  # noqa: F401  (fail early if missing)
         model, meta, info = _build(source_ckpt, arch, mode, num_classes, head_opts, trust_pickle, input_size)
         if info.get("source_classes") not in (None, num_classes):
             log(f"note: {info['source_name']} has {info['source_classes']} classes, {data!r} has {num_classes}: "
