@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +236,31 @@ def test_torchvision_fingerprint_tracks_files_and_options(tmp_path):
     batch = tmp_path / "cifar-10-batches-py" / "test_batch"
     batch.write_bytes((tmp_path / "other" / "cifar-10-batches-py" / "test_batch").read_bytes())
     assert load_dataset("cifar10", data_root=tmp_path).fingerprint != a.fingerprint
+
+
+def test_download_goes_through_torchvision(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.utils as tvu
+    from torchvision.datasets import CIFAR10
+
+    calls = []
+
+    def fake_fetch(url, download_root, extract_root=None, filename=None, md5=None, **kw):
+        calls.append((url, filename, md5))
+        write_cifar(Path(download_root))
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", fake_fetch)
+    ds = load_dataset("cifar10", data_root=tmp_path, download=True)
+    assert calls == [(CIFAR10.url, CIFAR10.filename, CIFAR10.tgz_md5)] and len(ds) == 5
+    load_dataset("cifar10", data_root=tmp_path, download=True)  # present: no second fetch
+    assert len(calls) == 1
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
+    with pytest.raises(DatasetError) as info:
+        load_dataset("stl10", data_root=tmp_path, download=True)
+    msg = str(info.value)
+    assert "could not download stl10" in msg and "no network" in msg and "\n" not in msg
