@@ -1,7 +1,19 @@
-"""A name -> architecture registry, in the manner of timm's ``register_model``."""
+"""A name -> architecture registry, in the manner of timm's ``register_model``.
+
+Besides fixed names (``register_arch``) the registry knows:
+
+* name patterns (``register_arch_pattern``): ``wrn22_3`` or ``cifar_resnet74`` are built on demand
+  from a regular expression, so a family need not list every depth/width;
+* family inferrers (``register_arch_inferrer``): a function that looks at a state_dict's keys and
+  shapes and proposes the few members of its family worth comparing (e.g. the depth from the
+  number of blocks), so architecture inference never builds a 1202-layer model needlessly;
+* ``timm:NAME`` and ``path/to/file.py:Class`` / ``pkg.module:Class`` names, resolved lazily by
+  :mod:`ncprobe.checkpoint.external`.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,9 +38,16 @@ class ArchSpec:
     description: str = ""
     default_num_classes: int = 10
     extra: dict = field(default_factory=dict)
+    # extra keys understood by the loader:
+    #   key_aliases: {"fc.": "linear."} -- checkpoint key prefixes renamed before matching
+    #   accepts_num_classes: False -- the builder ignores num_classes (user classes)
+    #   defaults_origin: origin of input_size/mean/std ('default' unless said otherwise)
 
 
 _ARCHS: dict[str, ArchSpec] = {}
+_DYNAMIC: dict[str, ArchSpec] = {}  # pattern / timm / user-class specs, built on first use
+_PATTERNS: list[tuple[re.Pattern, Callable[[re.Match], ArchSpec | None]]] = []
+_INFERRERS: dict[str, Callable[[dict], list[str]]] = {}
 
 
 def register_arch(name: str, *, head: str, probe_layers, **kwargs):
@@ -43,11 +62,49 @@ def register_arch(name: str, *, head: str, probe_layers, **kwargs):
     return deco
 
 
+def register_arch_pattern(pattern: str, factory: Callable[[re.Match], ArchSpec | None]) -> None:
+    """Let ``get_arch`` build specs for names matching ``pattern`` (full match) on demand.
+
+    ``factory(match)`` returns an :class:`ArchSpec` or None when the name is not valid (e.g. a
+    depth that is not 6n+2).
+    """
+    _PATTERNS.append((re.compile(pattern), factory))
+
+
+def register_arch_inferrer(family: str, fn: Callable[[dict], list[str]]) -> None:
+    """Register ``fn(shapes: {key: shape tuple}) -> [arch names]`` for a family.
+
+    Architecture inference only compares a state_dict against the members of ``family`` that
+    ``fn`` proposes (best first; may be near misses), instead of every registered member.
+    """
+    _INFERRERS[family] = fn
+
+
+def family_inferrers() -> dict[str, Callable[[dict], list[str]]]:
+    return dict(_INFERRERS)
+
+
 def get_arch(name: str) -> ArchSpec:
-    if name not in _ARCHS:
-        known = ", ".join(sorted(_ARCHS))
-        raise CheckpointError(f"unknown architecture {name!r}; known: {known}, or timm:NAME, or path.py:Class")
-    return _ARCHS[name]
+    """The spec of a registered name, a pattern name (``wrn22_3``), ``timm:NAME`` or ``file.py:Class``."""
+    if name in _ARCHS:
+        return _ARCHS[name]
+    if name in _DYNAMIC:
+        return _DYNAMIC[name]
+    for pattern, factory in _PATTERNS:
+        m = pattern.fullmatch(name)
+        if m:
+            spec = factory(m)
+            if spec is not None:
+                _DYNAMIC[name] = spec
+                return spec
+    if name.startswith("timm:") or ":" in name:
+        from ..external import external_spec  # lazy: timm is slow to import
+
+        spec = external_spec(name)
+        _DYNAMIC[name] = spec
+        return spec
+    known = ", ".join(sorted(_ARCHS))
+    raise CheckpointError(f"unknown architecture {name!r}; known: {known}, or timm:NAME, or path.py:Class")
 
 
 def list_archs() -> list[str]:
