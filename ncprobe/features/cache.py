@@ -39,7 +39,7 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
         h.update(name.encode())
         t = tensor.detach().to("cpu").contiguous()
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -106,10 +106,9 @@ def extract_features(
     names = resolve_layers(ckpt.model, ckpt.head_name, ckpt.probe_layers, layers)
     size = tuple(ckpt.input_size[-2:])
     preprocess_desc = {"size": list(size), "mean": list(ckpt.mean), "std": list(ckpt.std), "amp": use_amp}
-    reduction = f"pool:{tokens}"
-    key = feature_cache.cache_key(checkpoint_id(ckpt), source.fingerprint, preprocess_desc, names, reduction)
-    cache_dir = feature_cache.default_cache_dir() if cache_dir is None else cache_dir
     if use_cache:
+        key = feature_cache.cache_key(checkpoint_id(ckpt), source.fingerprint, preprocess_desc, names, f"pool:{tokens}")
+        cache_dir = feature_cache.default_cache_dir() if cache_dir is None else cache_dir
         cached = feature_cache.load(cache_dir, key, source.name)
         if cached is not None:
             return cached

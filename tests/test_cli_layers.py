@@ -1,0 +1,126 @@
+"""End to end through the CLI on data made here: layers, collapse, eval, leaderboard, and their errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ncprobe.api import COLLAPSE_COLUMNS, OOD_COLUMNS
+from ncprobe.checkpoint.archs.registry import create_model
+from ncprobe.cli import main
+
+ID = "digits:test@classes=0-3"
+FIT = "digits:train@classes=0-3"
+OODS = ["near=digits:test@classes=6-9", "noise=noise:gaussian@n=60,size=16"]
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("small_cnn", num_classes=4)
+    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def run_ok(args, capsys):
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:  # click may exit 0 explicitly
+        assert exc.code in (0, None), capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+def test_layers_end_to_end_then_cached(ckpt_path, tmp_path, capsys):
+    out = tmp_path / "runs"
+    cache = tmp_path / "cache"
+    args = ["layers", ckpt_path, "--id", ID, "--fit", FIT, "--out", out, "--cache", cache, "-q",
+            "--scorers", "gda,mahalanobis,knn,energy,msp,vim", "--knn-k", "5"]
+    for o in OODS:
+        args += ["--ood", o]
+    text = run_ok(args, capsys)
+    assert "Per layer" in text and "penultimate" in text and "gda" in text
+    ood = pd.read_csv(out / "ood.csv")
+    assert list(ood.columns) == OOD_COLUMNS
+    assert set(ood["ood"]) == {"near", "noise"}
+    assert set(ood.loc[ood.scorer == "energy", "layer"]) == {"logits"}
+    assert set(ood.loc[ood.scorer == "vim", "layer"]) == {"penultimate"}
+    gda_layers = set(ood.loc[ood.scorer == "gda", "layer"])
+    assert {"penultimate", "block1"} <= gda_layers and "logits" not in gda_layers
+    assert ood["auroc"].between(0, 1).all() and ood["fpr95"].between(0, 1).all()
+    assert ood["run_id"].nunique() == 1 and (ood["n_ood"] > 0).all()
+    collapse = pd.read_csv(out / "collapse.csv")
+    assert list(collapse.columns) == COLLAPSE_COLUMNS
+    pen = collapse.set_index("layer").loc["penultimate"]
+    assert np.isfinite(pen["nc3"]) and np.isfinite(pen["nc4"]) and pen["classes"] == 4
+    assert np.isnan(collapse.set_index("layer").loc["block1", "nc3"])
+    assert list(out.glob("*.png"))
+    # second run: every set from the cache, rows appended under a new run id
+    text = run_ok(args, capsys)
+    assert "all served from the cache" in text
+    assert pd.read_csv(out / "ood.csv")["run_id"].nunique() == 2
+    board = run_ok(["leaderboard", out / "ood.csv", "--format", "csv"], capsys)
+    table = pd.read_csv(__import__("io").StringIO(board))
+    assert {"rank", "scorer", "auroc_mean", "auroc_worst", "runs"} <= set(table.columns)
+    assert (table["runs"] == 2).all()
+
+
+def test_fit_split_and_collapse_and_eval(ckpt_path, tmp_path, capsys):
+    out = tmp_path / "r"
+    text = run_ok(["layers", ckpt_path, "--id", ID, "--fit-split", "0.5", "--ood", OODS[1], "--out", out,
+                   "--no-cache", "-q", "--scorers", "gda,msp", "--no-plot"], capsys)
+    ood = pd.read_csv(out / "ood.csv")
+    assert ood["n_fit"].iloc[0] + ood["n_id"].iloc[0] == int(ood["n_fit"].iloc[0] + ood["n_id"].iloc[0])
+    assert abs(ood["n_fit"].iloc[0] - ood["n_id"].iloc[0]) <= 4
+    assert "Per layer" in text
+    text = run_ok(["collapse", ckpt_path, "--data", FIT, "--out", out, "--no-cache", "-q"], capsys)
+    assert "nc1" in text and "penultimate" in text
+    text = run_ok(["eval", ckpt_path, "--data", ID, "--no-cache", "-q"], capsys)
+    acc = float(text.strip().split("accuracy:")[1])
+    assert 0.0 <= acc <= 1.0
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["layers", "{ckpt}", "--id", ID, "--fit", FIT, "--ood", "digits:test@classes=6-9,n=0"], "empty"),
+        (["layers", "{ckpt}", "--id", ID, "--fit", FIT], "--ood"),
+        (["layers", "{ckpt}", "--id", ID, "--ood", "noise:gaussian", "--bogus"], "--bogus"),
+        (["layers", "{ckpt}", "--id", "{tmp}/missing.npz", "--fit", FIT, "--ood", "noise:gaussian"], "missing.npz"),
+        (["layers", "{ckpt}", "--id", "noise:gaussian", "--ood", "noise:uniform"], "fit"),
+        (["layers", "{ckpt}", "--id", ID, "--fit", "digits:train", "--ood", "noise:gaussian"], "label"),
+        (["layers", "{ckpt}", "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--layers", "nope"], "nope"),
+        (["layers", "{ckpt}", "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--scorers", "nope"], "nope"),
+        (["leaderboard", "{tmp}/none.csv"], "none.csv"),
+        (["eval", "{tmp}/missing.pt", "--data", ID], "missing.pt"),
+    ],
+)
+def test_user_mistakes_are_one_line_exit_2(ckpt_path, tmp_path, capsys, args, needle):
+    args = [a.format(ckpt=ckpt_path, tmp=tmp_path) for a in args]
+    code, out, err = run_cli(args + ["--no-cache"] if args[0] != "leaderboard" else args, capsys)
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:") and needle in lines[0]
+    assert "Traceback" not in err
+
+
+def test_console_script_no_traceback(tmp_path):
+    bad = tmp_path / "junk.pt"
+    bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    proc = subprocess.run([sys.executable, "-m", "ncprobe", "inspect", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
