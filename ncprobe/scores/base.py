@@ -1,0 +1,222 @@
+"""The :class:`Scorer` base class and the input checks every scorer shares.
+
+A scorer is sklearn-shaped: hyper-parameters are keyword arguments of ``__init__`` stored under the
+same names (shown by ``repr`` and ``get_params``), ``fit`` learns from the ID fit set and returns
+``self``, ``score`` returns one float64 per row, HIGHER = MORE IN-DISTRIBUTION.
+
+Checks (each a one-line :class:`~ncprobe.errors.ScoringError`): empty fit or score input, rows with
+NaN/inf (the message says how many), wrong width, labels not matching the rows, a missing head for
+scorers that need one, scoring before fitting. ``score`` works through the input ``batch_size``
+rows at a time, so memory stays bounded on large OOD sets, and refuses to return a non-finite score.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from ..errors import ScoringError
+from ..stats.accumulator import ClassStats, as_numpy
+
+__all__ = ["Scorer", "check_matrix", "check_labels", "check_head"]
+
+
+def check_matrix(x, what: str, dim: int | None = None, dtype=np.float64) -> np.ndarray:
+    """``x`` as a finite 2-D ``dtype`` array; ScoringError naming ``what`` otherwise."""
+    if x is None:
+        raise ScoringError(f"{what} are missing; pass an (n, d) array")
+    a = as_numpy(x, dtype)
+    if a.ndim == 1 and dim is not None and a.size == dim:
+        a = a[None, :]
+    if a.ndim != 2:
+        raise ScoringError(
+            f"{what} must be a 2-D (samples, dim) array, got shape {a.shape}; pool or flatten them"
+        )
+    if a.shape[0] == 0:
+        raise ScoringError(f"{what} are empty (0 rows); pass at least one sample")
+    if dim is not None and a.shape[1] != dim:
+        raise ScoringError(
+            f"{what} have width {a.shape[1]} but the scorer was fitted on width {dim}; use the same layer"
+        )
+    bad = _count_bad_rows(a)
+    if bad:
+        raise ScoringError(
+            f"{bad} of {a.shape[0]} rows of the {what} contain NaN or inf; drop or fix those rows first"
+        )
+    return a
+
+
+def _count_bad_rows(a: np.ndarray) -> int:
+    finite = np.isfinite(a)
+    return int(a.shape[0] - np.count_nonzero(finite.all(axis=1))) if not finite.all() else 0
+
+
+def check_labels(labels, n: int) -> np.ndarray:
+    """Integer labels, one per fit row, non-negative."""
+    if labels is None:
+        raise ScoringError("this scorer needs the class labels of the fit features; pass labels=")
+    y = as_numpy(labels)
+    if y.shape != (n,):
+        raise ScoringError(
+            f"got {n} fit feature rows but labels of shape {y.shape}; pass one label per row"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise ScoringError("labels must be integer class indices; pass 0..C-1")
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise ScoringError(
+            "labels must be >= 0; drop OOD/unlabelled rows (label < 0) from the fit set"
+        )
+    return y
+
+
+def check_head(head, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(W (C, d), b (C,)) as float64; b None means zeros."""
+    if head is None:
+        raise ScoringError(
+            "this scorer needs the classifier head (W, b); pass head=(W, b) of the layer's classifier"
+        )
+    try:
+        w, b = head
+    except (TypeError, ValueError):
+        raise ScoringError("head must be a pair (W (C, d), b (C,)); pass head=(W, b)") from None
+    w = as_numpy(w, np.float64)
+    b = np.zeros(w.shape[0]) if b is None else as_numpy(b, np.float64)
+    if w.ndim != 2 or w.shape[1] != dim or b.shape != (w.shape[0],):
+        raise ScoringError(
+            f"head shapes W {w.shape}, b {b.shape} do not fit features of width {dim}; "
+            "pass the classifier whose input is this layer"
+        )
+    if not (np.isfinite(w).all() and np.isfinite(b).all()):
+        raise ScoringError("the head (W, b) contains NaN or inf; check the checkpoint")
+    return w, b
+
+
+class Scorer:
+    """Base class: subclass, set ``name``/``input``/``needs_head``/``needs_labels``, implement
+    ``_fit`` and ``_score_batch``, decorate with :func:`~ncprobe.scores.register_scorer`."""
+
+    name: str = ""
+    input: str = "features"  # "features" | "logits"
+    needs_head: bool = False
+    needs_labels: bool = False
+    #: rows scored per batch (bounded memory on large OOD sets)
+    batch_size: int = 8192
+    #: dtype the rows are converted to before _score_batch
+    _dtype = np.float64
+
+    def __init__(self):
+        self._fitted = False
+        self.dim_: int | None = None
+
+    # -------------------------------------------------------------- sklearn-ish
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+
+    def get_params(self) -> dict:
+        """Hyper-parameters by name (the ``__init__`` keyword arguments)."""
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    # -------------------------------------------------------------- fit / score
+    def fit(self, features=None, labels=None, head=None, stats: ClassStats | None = None):
+        """Learn from the ID fit set (features or logits per ``input``); returns self."""
+        self._fit_checked(features, labels, head, stats)
+        self._fitted = True
+        return self
+
+    def _fit_checked(self, features, labels, head, stats) -> None:
+        x = None
+        if features is not None or stats is None or not self._can_use_stats():
+            x = check_matrix(features, f"fit {self.input}")
+        y = None
+        if (
+            self.needs_labels
+            and x is not None
+            and not (stats is not None and self._can_use_stats())
+        ):
+            y = check_labels(labels, x.shape[0])
+        dim = x.shape[1] if x is not None else stats.dim
+        h = check_head(head, dim) if self.needs_head else None
+        if stats is not None and not isinstance(stats, ClassStats):
+            raise ScoringError(
+                "stats must be a ncprobe.stats.ClassStats; build it with ClassStats.from_features"
+            )
+        if stats is not None and stats.dim != dim:
+            raise ScoringError(
+                f"stats have dim {stats.dim} but the fit features have width {dim}; use one layer"
+            )
+        self.dim_ = dim
+        self._fit(x, y, h, stats)
+
+    def _can_use_stats(self) -> bool:
+        """True where ``_fit`` can work from ``stats`` alone (then features may be None)."""
+        return False
+
+    def _fit(self, x, y, head, stats) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def score(self, x) -> np.ndarray:
+        """Scores of the rows of ``x`` (float64, HIGHER = MORE IN-DISTRIBUTION), in batches."""
+        if not self._fitted:
+            raise ScoringError(
+                f"scorer {self.name!r} is not fitted; call .fit(...) before .score(...)"
+            )
+        if x is None:
+            raise ScoringError(f"no {self.input} to score; pass an (n, d) array")
+        src = x if hasattr(x, "shape") else as_numpy(x)
+        if len(src.shape) == 1 and self.dim_ is not None and src.shape[0] == self.dim_:
+            src = src[None, :]
+        if len(src.shape) != 2:
+            raise ScoringError(
+                f"{self.input} to score must be 2-D (samples, dim), got shape {tuple(src.shape)}"
+            )
+        n = src.shape[0]
+        if n == 0:
+            raise ScoringError(
+                f"the {self.input} to score are empty (0 rows); pass at least one sample"
+            )
+        if self.dim_ is not None and src.shape[1] != self.dim_:
+            raise ScoringError(
+                f"{self.input} to score have width {src.shape[1]} but {self.name!r} was fitted on "
+                f"width {self.dim_}; score the same layer it was fitted on"
+            )
+        out = np.empty(n, dtype=np.float64)
+        bad = 0
+        for s in range(0, n, self.batch_size):
+            xb = as_numpy(src[s : s + self.batch_size], self._dtype)
+            nb = _count_bad_rows(xb)
+            if nb or bad:
+                bad += nb
+                continue  # keep counting, stop scoring
+            out[s : s + len(xb)] = self._score_batch(xb)
+        if bad:
+            raise ScoringError(
+                f"{bad} of {n} rows of the {self.input} to score contain NaN or inf; drop or fix those rows first"
+            )
+        nonfinite = int(np.count_nonzero(~np.isfinite(out)))
+        if nonfinite:
+            raise ScoringError(
+                f"scorer {self.name!r} produced {nonfinite} non-finite scores of {n}; the features are "
+                "too extreme for it (overflow) - try another scorer or standardize the features"
+            )
+        return out
+
+    def _score_batch(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def fit_score(self, fit_features, labels=None, x=None, head=None, stats=None) -> np.ndarray:
+        """``fit(...)`` then ``score(x)`` (``x`` defaults to the fit features)."""
+        self.fit(fit_features, labels, head=head, stats=stats)
+        return self.score(fit_features if x is None else x)
