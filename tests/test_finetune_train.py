@@ -142,3 +142,29 @@ def test_cli_needs_one_of_ckpt_or_arch(tmp_path, capsys):
         main(["finetune", "--data", DIGITS, "--mode", "ce", "--out", str(tmp_path / "m.safetensors")])
     assert exc.value.code == 2
     assert "exactly one" in capsys.readouterr().err
+
+
+@needs_data
+@needs_ckpt
+@pytest.mark.shared
+def test_real_checkpoint_wrap_and_finetune(shared_data, tmp_path):
+    """The public CIFAR-10 ResNet-20: wrapping in ce mode keeps its logits exactly; a one-batch
+    etf fine-tune writes a checkpoint that loads back with the projector as a probe point."""
+    from ncprobe.checkpoint import load_checkpoint
+    from ncprobe.finetune.heads import wrap_model
+
+    src = str(shared_data / "checkpoints" / "resnet20-12fca82f.th")
+    ck = load_checkpoint(src)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = ck.model(x)
+        wrapped = wrap_model(ck.model, ck.head_name, "ce", ck.num_classes).eval()
+        assert torch.equal(wrapped(x), before)
+    out = tmp_path / "r20.safetensors"
+    model, hist = finetune(src, data=f"{shared_data / 'cifar10_train.npz'}@n=64", mode="etf", epochs=1,
+                           batch_size=32, limit_batches=1, projector_dim=128, progress=False, out=out)
+    back = load_checkpoint(str(out))
+    assert back.arch == "cifar_resnet20" and back.probe_layers[-2:] == ["encoder", "projector"]
+    assert "encoder.layer3" in back.probe_layers
+    with torch.no_grad():
+        np.testing.assert_allclose(back.model(x).numpy(), model.cpu()(x).numpy(), rtol=1e-5, atol=1e-6)
