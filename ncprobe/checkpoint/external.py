@@ -1,0 +1,280 @@
+"""Architectures from outside the registry: ``timm:NAME`` and user classes (``file.py:Class``,
+``pkg.module:Class``), plus the generic heuristics (head, probe layers, input size) used for any
+model whose layout ncprobe does not know in advance."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+import warnings
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..errors import CheckpointError
+from .archs.registry import ArchSpec
+from .types import IMAGENET_MEAN, IMAGENET_STD
+
+# Top-level children that are never probe points of their own (stems and classifiers).
+_NOT_PROBES = {"stem", "conv1", "bn1", "act1", "patch_embed", "head", "fc", "classifier", "linear", "norm", "pool"}
+
+
+# ---------------------------------------------------------------- generic heuristics
+
+
+def _is_linear(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, torch.jit.ScriptModule) and getattr(module, "original_name", "") == "Linear"
+
+
+def find_head(model: nn.Module) -> str | None:
+    """Dotted name of the last Linear(-like) module in registration order, or None."""
+    head = None
+    for name, module in model.named_modules():
+        if name and _is_linear(module):
+            head = name
+    return head
+
+
+def module_name(model: nn.Module, target: nn.Module) -> str | None:
+    for name, module in model.named_modules():
+        if module is target:
+            return name
+    return None
+
+
+def _has_children(module: nn.Module) -> bool:
+    return next(iter(module.children()), None) is not None
+
+
+def _has_params(module: nn.Module) -> bool:
+    return next(iter(module.parameters()), None) is not None
+
+
+def default_probe_layers(model: nn.Module, head: str | None) -> list[str]:
+    """Top-level containers with parameters, stem to head, excluding stem and head modules.
+
+    A model that wraps everything in one child (``self.net = ...``) is looked into. A flat model
+    (e.g. an ``nn.Sequential`` of layers) gets its parametrized top-level layers except the head.
+    """
+    prefix, root = "", model
+    head_parts = (head or "").split(".")
+    while True:
+        kids = [(n, m) for n, m in root.named_children() if _has_params(m)]
+        if len(kids) == 1 and _has_children(kids[0][1]) and head_parts[:1] == [kids[0][0]]:
+            prefix, root = f"{prefix}{kids[0][0]}.", kids[0][1]
+            head_parts = head_parts[1:]
+            continue
+        break
+    head_top = head_parts[0] if head_parts and head_parts[0] else None
+    children = list(root.named_children())
+    containers = [
+        f"{prefix}{n}"
+        for n, m in children
+        if n != head_top and n not in _NOT_PROBES and _has_children(m) and _has_params(m)
+    ]
+    if containers:
+        return containers
+    return [f"{prefix}{n}" for n, m in children if n != head_top and _has_params(m)]
+
+
+def guess_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) from the first convolution: a strided large-kernel stem (7x7/2, patch embedding)
+    means ImageNet-style 224 inputs, a 3x3 stride-1 stem means CIFAR-style 32."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            k, s = module.kernel_size[0], module.stride[0]
+            side = 224 if (k >= 4 and s >= 2) else 32
+            return (module.in_channels, side, side)
+    return (3, 224, 224)
+
+
+class _SkipMetaInit(TorchFunctionMode):
+    """Skips in-place ops (weight init: normal_, uniform_, zero_, ...) on meta tensors: they
+    compute nothing there, yet the first one costs seconds (it imports torch's compiler stack)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if (
+            name.endswith("_")
+            and not name.endswith("__")
+            and args
+            and isinstance(args[0], torch.Tensor)
+            and args[0].is_meta
+        ):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def build_on_meta(builder, **kwargs) -> nn.Module:
+    """Instantiate on the meta device (no memory, no init cost); falls back to CPU."""
+    try:
+        with torch.device("meta"), _SkipMetaInit():
+            return builder(**kwargs)
+    except Exception:
+        return builder(**kwargs)  # some code cannot run on meta; a real error surfaces here
+
+
+# ---------------------------------------------------------------- timm
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:  # pragma: no cover - timm is a dependency
+        raise CheckpointError("timm:NAME architectures need the timm package; pip install timm") from None
+    return timm
+
+
+def timm_create(model_name: str, num_classes: int | None = None, pretrained: bool = False) -> nn.Module:
+    timm = _timm()
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc) or "Invalid pretrained tag" in str(exc):
+            raise CheckpointError(
+                f"timm has no model {model_name!r} ({exc}); see timm.list_models() for the names"
+            ) from None
+        raise
+
+
+def timm_probe_layers(model: nn.Module, head: str | None) -> list[str]:
+    """Module names from ``model.feature_info`` (timm's own feature points), else the heuristic."""
+    info = getattr(model, "feature_info", None)
+    names = []
+    if info is not None:
+        dicts = info.get_dicts() if hasattr(info, "get_dicts") else info
+        try:
+            names = [d["module"] for d in dicts if isinstance(d, dict) and d.get("module")]
+        except TypeError:
+            names = []
+    modules = dict(model.named_modules())
+    names = [n for n in names if n in modules and n != head]
+    return names or default_probe_layers(model, head)
+
+
+def timm_spec(model_name: str) -> ArchSpec:
+    model = build_on_meta(timm_create, model_name=model_name)
+    head = module_name(model, model.get_classifier()) or find_head(model)
+    if head is None:
+        raise CheckpointError(f"timm model {model_name!r} has no classifier module; ncprobe needs one")
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    return ArchSpec(
+        name=f"timm:{model_name}",
+        builder=partial(timm_create, model_name),
+        head=head,
+        probe_layers=tuple(timm_probe_layers(model, head)),
+        input_size=tuple(cfg.get("input_size") or (3, 224, 224)),
+        mean=tuple(cfg.get("mean") or IMAGENET_MEAN),
+        std=tuple(cfg.get("std") or IMAGENET_STD),
+        family="timm",
+        description=f"timm model {model_name}",
+        default_num_classes=int(getattr(model, "num_classes", 0) or cfg.get("num_classes") or 1000),
+        extra={"pretrained_cfg": {k: v for k, v in cfg.items() if isinstance(v, (str, int, float, tuple, list))}},
+    )
+
+
+# ---------------------------------------------------------------- user classes
+
+
+def _import_file(file: Path):
+    if not file.is_file():
+        raise CheckpointError(f"architecture file {file} not found; give --arch path/to/model.py:ClassName")
+    digest = hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:10]
+    mod_name = f"ncprobe_user_{file.stem}_{digest}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    parent = str(file.resolve().parent)
+    if parent not in sys.path:
+        sys.path.insert(0, parent)  # so the file's own sibling imports work
+    spec = importlib.util.spec_from_file_location(mod_name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[mod_name]
+        raise CheckpointError(f"could not import architecture file {file} ({type(exc).__name__}: {exc}); fix the file") from None
+    return module
+
+
+def _resolve_user_object(name: str):
+    target, _, attr = name.rpartition(":")
+    if not target or not attr:
+        raise CheckpointError(f"architecture {name!r} is not path/to/file.py:ClassName or pkg.module:ClassName")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        module = _import_file(Path(target).expanduser())
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as exc:
+            raise CheckpointError(f"could not import module {target!r} for --arch {name} ({type(exc).__name__}: {exc})") from None
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise CheckpointError(f"{target} has no {attr!r}; check the class name in --arch {name}")
+    if not callable(obj):
+        raise CheckpointError(f"{name} is not a class or function; --arch needs something that builds an nn.Module")
+    return obj
+
+
+def _accepts_num_classes(obj) -> bool:
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return False
+    return "num_classes" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _user_build(obj, accepts: bool, num_classes: int | None = None) -> nn.Module:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = obj(num_classes=num_classes) if (accepts and num_classes is not None) else obj()
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"could not instantiate {getattr(obj, '__qualname__', obj)} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"{getattr(obj, '__qualname__', obj)}() returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def user_class_spec(name: str) -> ArchSpec:
+    obj = _resolve_user_object(name)
+    accepts = _accepts_num_classes(obj)
+    try:
+        model = build_on_meta(_user_build, obj=obj, accepts=accepts)
+    except CheckpointError:
+        if not accepts:
+            raise
+        model = build_on_meta(_user_build, obj=obj, accepts=accepts, num_classes=10)
+    head = find_head(model)
+    if head is None:
+        raise CheckpointError(f"{name} has no nn.Linear classifier; ncprobe needs one to find the penultimate layer")
+    return ArchSpec(
+        name=name,
+        builder=partial(_user_build, obj, accepts),
+        head=head,
+        probe_layers=tuple(default_probe_layers(model, head)),
+        input_size=guess_input_size(model),
+        family="user",
+        description=f"user class {name}",
+        default_num_classes=model.get_submodule(head).out_features,
+        extra={"accepts_num_classes": accepts, "heuristic": True},
+    )
+
+
+def external_spec(name: str) -> ArchSpec:
+    if name.startswith("timm:"):
+        return timm_spec(name[len("timm:") :])
+    return user_class_spec(name)
