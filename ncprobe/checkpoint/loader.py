@@ -9,6 +9,7 @@ keys and shapes) > ``default`` (the architecture's defaults).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,9 @@ def _from_timm_pretrained(model_name: str, source: str, facts: _Facts, entry: di
     if facts.origin.get("arch") == "flag" and facts.get("arch") != arch:
         raise CheckpointError(f"--arch {facts.get('arch')} conflicts with the source {source}; drop --arch")
     facts.set("arch", arch, "flag")
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would repeat what the one-line error says
     try:
         model = timm_create(model_name, num_classes=facts.get("num_classes"), pretrained=True)
     except CheckpointError:
@@ -258,6 +262,8 @@ def _from_timm_pretrained(model_name: str, source: str, facts: _Facts, entry: di
             f"could not get the pretrained weights of {arch} ({_short(exc)}); check the network (they come from "
             f"the Hugging Face hub) or pass a local weights file with --arch {arch}"
         ) from None
+    finally:
+        hub_log.setLevel(level)
     spec = get_arch(arch)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     facts.set("num_classes", int(model.num_classes), "file")
