@@ -82,9 +82,9 @@ def evaluate(checkpoint, data, *, device=None, batch_size=256, cache_dir=None, u
     """Top-1 accuracy of ``checkpoint`` on the labelled set ``data``."""
     ckpt = as_checkpoint(checkpoint, **(checkpoint_options or {}))
     source = as_source(data, data_root=data_root, download=download)
+    check_labels(source, ckpt.num_classes, "evaluation")
     fs = extract_features(ckpt, source, layers=[], device=device, batch_size=batch_size, cache_dir=cache_dir,
                           use_cache=use_cache, progress=progress)
-    check_labels(fs, ckpt.num_classes, "evaluation")
     return accuracy(fs, ckpt.num_classes)
 
 
@@ -94,9 +94,9 @@ def collapse(checkpoint, data, *, layers=None, out=None, device=None, batch_size
     """Per-layer NC statistics of ``checkpoint`` on the labelled set ``data`` (written to ``out/collapse.csv``)."""
     ckpt = as_checkpoint(checkpoint, **(checkpoint_options or {}))
     source = as_source(data, data_root=data_root, download=download, default_split="train")
+    check_labels(source, ckpt.num_classes, "fit")
     fs = extract_features(ckpt, source, layers=layers, device=device, batch_size=batch_size, cache_dir=cache_dir,
                           use_cache=use_cache, progress=progress)
-    check_labels(fs, ckpt.num_classes, "fit")
     run_id, stamp = new_run_id()
     stats = layer_stats(fs, ckpt.num_classes)
     table = collapse_frame(fs, stats, ckpt.head_weights())
@@ -138,6 +138,9 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
                 f"the ID set {id_source.name!r} has no train split to fit on; pass --fit SPEC "
                 f"or --fit-split 0.5 to hold out half of it"
             )
+    if fit is not None:
+        fit_source = as_source(fit, data_root=data_root, download=download, default_split="train")
+        check_labels(fit_source, ckpt.num_classes, "fit")  # before any forward pass
     ood_sources = [as_source(s, data_root=data_root, download=download, default_split="test") for s in ood]
     for src in ood_sources:
         if len(src) == 0:
@@ -148,19 +151,17 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
                                 cache_dir=cache_dir, use_cache=use_cache, progress=progress)
 
     if fit_split is not None:
+        check_labels(id_source, ckpt.num_classes, "ID")
         id_all = feats(id_source)
-        check_labels(id_all, ckpt.num_classes, "ID")
         fit_idx, id_idx = stratified_split(id_all.labels, float(fit_split), seed)
         fit_fs, id_fs = id_all.subset(fit_idx), id_all.subset(id_idx)
         fit_fs.name = f"{id_source.name}[fit {fit_split}]"
         id_name = f"{id_source.name}[rest]"
         cache_flags = {id_source.name: id_all.from_cache}
     else:
-        fit_source = as_source(fit, data_root=data_root, download=download, default_split="train")
         fit_fs, id_fs = feats(fit_source), feats(id_source)
         id_name = id_source.name
         cache_flags = {fit_source.name: fit_fs.from_cache, id_source.name: id_fs.from_cache}
-    check_labels(fit_fs, ckpt.num_classes, "fit")
     ood_sets = []
     for src in ood_sources:
         fs = feats(src)

@@ -36,7 +36,8 @@ def parse_scorers(scorers) -> list[str]:
 
 
 def check_labels(fs, num_classes: int, role: str) -> None:
-    labels = fs.labels
+    """A fit/evaluation set (features or source) must be non-empty, labelled, within the head's classes."""
+    labels = np.asarray(fs.labels)
     if len(labels) == 0:
         raise NcprobeError(f"the {role} set {fs.name!r} is empty; check its path and options")
     if (labels < 0).any():

@@ -95,7 +95,7 @@ def test_fit_split_and_collapse_and_eval(ckpt_path, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["layers", "{ckpt}", "--id", ID, "--fit", FIT, "--ood", "digits:test@classes=6-9,n=0"], "empty"),
+        (["layers", "{ckpt}", "--id", ID, "--fit", FIT, "--ood", "{tmp}/empty.npz"], "empty"),
         (["layers", "{ckpt}", "--id", ID, "--fit", FIT], "--ood"),
         (["layers", "{ckpt}", "--id", ID, "--ood", "noise:gaussian", "--bogus"], "--bogus"),
         (["layers", "{ckpt}", "--id", "{tmp}/missing.npz", "--fit", FIT, "--ood", "noise:gaussian"], "missing.npz"),
@@ -108,8 +108,9 @@ def test_fit_split_and_collapse_and_eval(ckpt_path, tmp_path, capsys):
     ],
 )
 def test_user_mistakes_are_one_line_exit_2(ckpt_path, tmp_path, capsys, args, needle):
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 8, 8, 3), np.uint8), y=np.zeros(0, np.int64))
     args = [a.format(ckpt=ckpt_path, tmp=tmp_path) for a in args]
-    code, out, err = run_cli(args + ["--no-cache"] if args[0] != "leaderboard" else args, capsys)
+    code, out, err = run_cli(args + ["--no-cache", "-q"] if args[0] != "leaderboard" else args, capsys)
     assert code == 2
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, err

@@ -26,7 +26,7 @@ def read_ood_csv(path) -> pd.DataFrame:
         raise NcprobeError(f"{path} lacks the columns {', '.join(sorted(missing))}; pass an ood.csv from `ncprobe layers`")
     for col in ("group", "mode"):
         if col in df.columns:
-            df[col] = df[col].fillna("").astype(str)
+            df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
     return df
 
 
