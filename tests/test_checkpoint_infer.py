@@ -129,3 +129,14 @@ def test_spectral_norm_keys_get_a_hint(tmp_path):
     torch.save(model.state_dict(), tmp_path / "sn.pt")
     with pytest.raises(CheckpointError, match="spectral normalization"):
         load_checkpoint(tmp_path / "sn.pt")
+
+
+def test_profiler_counters_are_ignored(tmp_path):
+    """thop leaves total_ops/total_params buffers in state_dicts; they are not weights."""
+    model, path = _save(tmp_path, "cifar_resnet20", 4)
+    sd = model.state_dict()
+    sd["total_ops"] = torch.zeros(1, dtype=torch.float64)
+    sd["layer1.0.conv1.total_params"] = torch.zeros(1, dtype=torch.float64)
+    torch.save(sd, path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.arch == "cifar_resnet20" and torch.allclose(_logits(model), _logits(ckpt.model), atol=1e-6)

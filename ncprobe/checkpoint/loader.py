@@ -23,7 +23,7 @@ from .archs.registry import ArchSpec, get_arch, list_archs
 from .external import default_probe_layers, find_head, guess_input_size, timm_create
 from .files import RawCheckpoint, _short, read_checkpoint, sha256_file
 from .infer import Match, best_match, infer_arch
-from .state_dict import is_bn_counter
+from .state_dict import PROFILER_SUFFIXES, is_bn_counter
 from .types import IMAGENET_MEAN, IMAGENET_STD, LoadedCheckpoint
 
 RANK = {"flag": 5, "file": 4, "registry": 3, "inferred": 2, "default": 1}
@@ -166,10 +166,15 @@ def _mismatch_error(path: Path, spec: ArchSpec, facts: _Facts, m: Match, sd: dic
             f"{facts.get('num_classes')}; drop --num-classes or fix it"
         )
     inf = infer_arch(sd)
-    if inf.match is not None and inf.match.arch != spec.name:
-        hint = f"the file fits {inf.match.arch}: pass --arch {inf.match.arch} or drop --arch"
+    fits = inf.match is not None and inf.match.arch != spec.name
+    if origin == "flag":
+        hint = (
+            f"the file fits {inf.match.arch}: pass --arch {inf.match.arch} or drop --arch"
+            if fits
+            else "drop --arch to let ncprobe infer the architecture, or pass the right one"
+        )
     else:
-        hint = "drop --arch to let ncprobe infer the architecture, or pass the right one"
+        hint = f"the file fits {inf.match.arch}: pass --arch {inf.match.arch}" if fits else "pass --arch NAME to override it"
     return CheckpointError(
         f"checkpoint {path} does not fit architecture {spec.name} (from {_WHO.get(origin, origin)}): "
         f"{m.describe()}{_hint(sd)}; {hint}"
@@ -191,7 +196,8 @@ def _no_match_error(path: Path, sd: dict, closest: list[Match]) -> CheckpointErr
 
 def _instantiate(spec: ArchSpec, m: Match) -> nn.Module:
     model = spec.builder(num_classes=m.num_classes or spec.default_num_classes)
-    result = model.load_state_dict(m.state_dict, strict=False)
+    weights = {k: v for k, v in m.state_dict.items() if not k.endswith(PROFILER_SUFFIXES)}
+    result = model.load_state_dict(weights, strict=False)
     bad = [k for k in result.missing_keys if not is_bn_counter(k)] + list(result.unexpected_keys)
     if bad:  # cannot happen after an exact signature match; kept as a guard
         raise CheckpointError(f"weights do not load into {spec.name}: {len(bad)} keys differ (e.g. {bad[0]!r})")

@@ -135,9 +135,15 @@ def apply_aliases(sd: dict[str, torch.Tensor], aliases: Mapping[str, str]) -> di
     return out if changed else None
 
 
+# Keys that carry no weights and may be present or absent: BatchNorm's batch counter (old files lack
+# it) and the per-module op/parameter counters that the `thop` profiler leaves in state_dicts.
+PROFILER_SUFFIXES = ("total_ops", "total_params")
+IGNORED_SUFFIXES = ("num_batches_tracked", *PROFILER_SUFFIXES)
+
+
 def is_bn_counter(key: str) -> bool:
-    """BatchNorm's ``num_batches_tracked``: optional in checkpoints (old files lack it)."""
-    return key.endswith("num_batches_tracked")
+    """A key to ignore when matching (see ``IGNORED_SUFFIXES``)."""
+    return key.endswith(IGNORED_SUFFIXES)
 
 
 def shapes_of(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
