@@ -49,20 +49,22 @@ def check_labels(fs, num_classes: int, role: str) -> None:
         )
 
 
+def stat_layers(fs) -> list[str]:
+    """Layers whose collapse is measured: every probe point but the logits (the logits alone when
+    nothing else could be hooked, e.g. a TorchScript model)."""
+    return [layer for layer in fs.layers if layer != LOGITS] or [LOGITS]
+
+
 def layer_stats(fit_fs, num_classes: int) -> dict[str, ClassStats]:
-    """Streaming float64 class statistics of the fit set at every probe point except the logits."""
-    return {
-        layer: ClassStats.from_features(fit_fs[layer], fit_fs.labels, num_classes)
-        for layer in fit_fs.layers
-        if layer != LOGITS
-    }
+    """Streaming float64 class statistics of the fit set at each of :func:`stat_layers`."""
+    return {layer: ClassStats.from_features(fit_fs[layer], fit_fs.labels, num_classes) for layer in stat_layers(fit_fs)}
 
 
 def collapse_frame(fit_fs, stats: dict, head) -> pd.DataFrame:
     """One row per probed layer: dim, n, classes and the NC metrics (NC3/NC4 at the classifier input only)."""
     rows = []
     for index, layer in enumerate(fit_fs.layers):
-        if layer == LOGITS:
+        if layer not in stats:
             continue
         st = stats[layer]
         m = collapse_metrics(st, fit_fs[layer], fit_fs.labels, head=head if layer == PENULTIMATE else None)

@@ -122,3 +122,18 @@ def test_empty_source_is_a_clear_error():
     ckpt = make_checkpoint(TinyNet(4), "head", ["stage1"])
     with pytest.raises(NcprobeError, match="empty"):
         extract_features(ckpt, make_source(n=0), use_cache=False, progress=False)
+
+
+def test_unhookable_model_probes_logits_only():
+    torch.manual_seed(0)
+    model = TinyNet(4).eval()
+    ckpt = make_checkpoint(torch.jit.script(model), "head", ["stage1"])
+    ckpt.metadata["hookable"] = False
+    src = make_source(n=9)
+    fs = extract_features(ckpt, src, use_cache=False, progress=False)
+    assert fs.layers == ["logits"]
+    with torch.no_grad():
+        expected = model(preprocess_like_ncprobe(src.images, ckpt.mean, ckpt.std))
+    np.testing.assert_allclose(fs["logits"], expected.numpy(), atol=1e-5)
+    with pytest.raises(NcprobeError, match="scripted"):
+        extract_features(ckpt, src, layers="stage1", use_cache=False, progress=False)

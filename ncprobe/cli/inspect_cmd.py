@@ -6,8 +6,9 @@ import json
 
 import click
 
+from ..checkpoint import load_checkpoint
 from ..checkpoint.describe import describe
-from ..checkpoint.options import checkpoint_options, load_from_options
+from .options import checkpoint_options
 
 _ORIGIN_HELP = (
     "origin: flag = given on the command line, file = stored in the checkpoint, registry = checkpoints.yaml "
@@ -83,14 +84,14 @@ def format_report(info: dict) -> str:
 @click.argument("checkpoint")
 @checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON instead of a table.")
-def command(checkpoint: str, as_json: bool, **options):
+def command(checkpoint: str, as_json: bool, checkpoint_options):
     """Show a checkpoint's architecture, parameter count, classes, input size and normalization,
     sha256 and probe layers, with the origin of each fact.
 
     CHECKPOINT is a file (state_dict, wrapped state_dict, .safetensors, TorchScript, or a pickled
     model with --trust-pickle), a name from checkpoints.yaml, or timm:NAME.
     """
-    ckpt = load_from_options(checkpoint, options)
+    ckpt = load_checkpoint(checkpoint, **checkpoint_options)
     info = describe(ckpt)
     if as_json:
         click.echo(json.dumps(info, indent=2))

@@ -10,34 +10,6 @@ import click
 from ..errors import NcprobeError
 
 
-def _floats(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        vals = tuple(float(v) for v in value.replace(" ", "").split(","))
-    except ValueError:
-        raise click.BadParameter("give comma-separated numbers, e.g. 0.485,0.456,0.406") from None
-    if len(vals) not in (1, 3):
-        raise click.BadParameter("give 1 or 3 comma-separated numbers")
-    return vals * 3 if len(vals) == 1 else vals
-
-
-def _size(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        vals = tuple(int(v) for v in value.lower().replace("x", ",").split(","))
-    except ValueError:
-        raise click.BadParameter("give C,H,W or H,W or one side, e.g. 3,32,32") from None
-    if len(vals) == 1:
-        return (3, vals[0], vals[0])
-    if len(vals) == 2:
-        return (3, *vals)
-    if len(vals) == 3:
-        return vals
-    raise click.BadParameter("give C,H,W or H,W or one side, e.g. 3,32,32")
-
-
 def checkpoint_options(fn):
     """--arch, --num-classes, --trust-pickle, --mean, --std, --input-size."""
 
@@ -47,9 +19,10 @@ def checkpoint_options(fn):
     @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Number of classes (else read from the head).")
     @click.option("--trust-pickle", is_flag=True,
                   help="Allow checkpoints that need arbitrary unpickling. Only for files from a source you trust: unpickling can run code.")
-    @click.option("--mean", callback=_floats, default=None, metavar="R,G,B", help="Input normalization mean (overrides the checkpoint's).")
-    @click.option("--std", callback=_floats, default=None, metavar="R,G,B", help="Input normalization std (overrides the checkpoint's).")
-    @click.option("--input-size", callback=_size, default=None, metavar="C,H,W", help="Model input size (overrides the checkpoint's).")
+    @click.option("--mean", default=None, metavar="R,G,B", help="Input normalization mean (overrides the checkpoint's).")
+    @click.option("--std", default=None, metavar="R,G,B", help="Input normalization std (overrides the checkpoint's).")
+    @click.option("--input-size", default=None, metavar="C,H,W",
+                  help="Model input size, C,H,W or one side such as 32 (overrides the checkpoint's).")
     @functools.wraps(fn)
     def wrapper(*args, arch, num_classes, trust_pickle, mean, std, input_size, **kwargs):
         opts = {"arch": arch, "num_classes": num_classes, "trust_pickle": trust_pickle, "mean": mean, "std": std,

@@ -104,6 +104,11 @@ def extract_features(
     dev = resolve_device(device)
     use_amp = (dev.type == "cuda") if amp is None else bool(amp)
     names = resolve_layers(ckpt.model, ckpt.head_name, ckpt.probe_layers, layers)
+    if ckpt.metadata.get("hookable") is False:  # e.g. a TorchScript archive: no forward hooks
+        if layers not in (None, []):
+            raise NcprobeError(f"{ckpt.name} is a scripted model whose layers cannot be hooked; only its logits can be "
+                               f"probed: drop --layers, or load the eager model with --arch")
+        names = [LOGITS]
     size = tuple(ckpt.input_size[-2:])
     preprocess_desc = {"size": list(size), "mean": list(ckpt.mean), "std": list(ckpt.std), "amp": use_amp}
     if use_cache:
@@ -157,7 +162,8 @@ def _forward(ckpt, source, names, dev, batch_size, progress, workers, use_amp, t
         with ExitStack() as stack, torch.inference_mode():
             for name in hooked:
                 stack.callback(modules[name].register_forward_hook(make_hook(name)).remove)
-            stack.callback(ckpt.head.register_forward_pre_hook(head_hook).remove)
+            if PENULTIMATE in names:
+                stack.callback(ckpt.head.register_forward_pre_hook(head_hook).remove)
             pos = 0
             for images, y in loader:
                 n = images.shape[0]
