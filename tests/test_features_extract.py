@@ -127,7 +127,8 @@ def test_empty_source_is_a_clear_error():
 def test_unhookable_model_probes_logits_only():
     torch.manual_seed(0)
     model = TinyNet(4).eval()
-    ckpt = make_checkpoint(torch.jit.script(model), "head", ["stage1"])
+    ckpt = make_checkpoint(model, "head", ["stage1"])
+    ckpt.model = torch.jit.script(model)
     ckpt.metadata["hookable"] = False
     src = make_source(n=9)
     fs = extract_features(ckpt, src, use_cache=False, progress=False)
