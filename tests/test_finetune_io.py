@@ -92,3 +92,18 @@ def test_load_checkpoint_reads_it_with_no_flags(tmp_path, mode):
     assert list(ck.probe_layers) == probes
     x = torch.randn(4, 3, 16, 16)
     assert torch.allclose(ck.model(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("head", [{"l2_scale": 4.0, "learn_scale": False}, {"l2_scale": 2.0, "learn_scale": True}])
+def test_l2_scale_round_trip(tmp_path, head):
+    meta = {**_meta("l2"), "head": head}
+    model, _, _ = build_model_from_meta(meta)
+    with torch.no_grad():
+        model.norm.scale.fill_(7.5)  # as if it had been learned / edited
+    path = save_checkpoint(tmp_path / "m.safetensors", model, meta)
+    from safetensors.torch import load_file
+
+    again, _, _ = build_model_from_meta(read_meta(path))
+    again.load_state_dict(load_file(str(path)), strict=True)
+    assert again.norm.scale.item() == 7.5
+    assert isinstance(again.norm.scale, torch.nn.Parameter) == head["learn_scale"]
