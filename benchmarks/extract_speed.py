@@ -42,7 +42,9 @@ def best_of(fn, repeats):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--arch", default="cifar_resnet56")
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -57,30 +59,71 @@ def main():
     c, h, w = spec.input_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(args.n, h, w, c), dtype=np.uint8)
-    source = DataSource(name="random", spec="random", labels=np.zeros(args.n, dtype=np.int64), fingerprint="bench",
-                        images=images)
-    ckpt = LoadedCheckpoint(model=model, arch=args.arch, num_classes=10, head_name=spec.head, input_size=spec.input_size,
-                            mean=spec.mean, std=spec.std, sha256="bench", source="bench", name=args.arch,
-                            probe_layers=list(spec.probe_layers))
+    source = DataSource(
+        name="random",
+        spec="random",
+        labels=np.zeros(args.n, dtype=np.int64),
+        fingerprint="bench",
+        images=images,
+    )
+    ckpt = LoadedCheckpoint(
+        model=model,
+        arch=args.arch,
+        num_classes=10,
+        head_name=spec.head,
+        input_size=spec.input_size,
+        mean=spec.mean,
+        std=spec.std,
+        sha256="bench",
+        source="bench",
+        name=args.arch,
+        probe_layers=list(spec.probe_layers),
+    )
     preprocess = Preprocess(spec.mean, spec.std, (h, w)).to(dev)
     bare_loop(model, source, args.batch_size, dev, preprocess)  # warm-up
-    t_bare = best_of(lambda: bare_loop(model, source, args.batch_size, dev, preprocess), args.repeats)
+    t_bare = best_of(
+        lambda: bare_loop(model, source, args.batch_size, dev, preprocess), args.repeats
+    )
 
     def ours(layers):
-        return lambda: extract_features(ckpt, source, layers=layers, device=dev, batch_size=args.batch_size,
-                                        use_cache=False, progress=False, amp=False)
+        return lambda: extract_features(
+            ckpt,
+            source,
+            layers=layers,
+            device=dev,
+            batch_size=args.batch_size,
+            use_cache=False,
+            progress=False,
+            amp=False,
+        )
 
     t_default = best_of(ours(None), args.repeats)
     t_all = best_of(ours("all"), args.repeats)
-    n_all = len(extract_features(ckpt, source, layers="all", device=dev, batch_size=args.batch_size, use_cache=False,
-                                 progress=False, amp=False).layers)
+    n_all = len(
+        extract_features(
+            ckpt,
+            source,
+            layers="all",
+            device=dev,
+            batch_size=args.batch_size,
+            use_cache=False,
+            progress=False,
+            amp=False,
+        ).layers
+    )
     ips = lambda t: args.n / t  # noqa: E731
-    print(f"device {dev}, {args.arch}, {args.n} images, batch {args.batch_size}, best of {args.repeats}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"device {dev}, {args.arch}, {args.n} images, batch {args.batch_size}, best of {args.repeats}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"  bare model(x) loop          {ips(t_bare):9.1f} img/s   (baseline)")
-    print(f"  ncprobe, default probes     {ips(t_default):9.1f} img/s   ratio {t_bare / t_default:.3f}"
-          f"   ({len(spec.probe_layers) + 2} layers)")
-    print(f"  ncprobe, --layers all       {ips(t_all):9.1f} img/s   ratio {t_bare / t_all:.3f}   ({n_all} layers)")
+    print(
+        f"  ncprobe, default probes     {ips(t_default):9.1f} img/s   ratio {t_bare / t_default:.3f}"
+        f"   ({len(spec.probe_layers) + 2} layers)"
+    )
+    print(
+        f"  ncprobe, --layers all       {ips(t_all):9.1f} img/s   ratio {t_bare / t_all:.3f}   ({n_all} layers)"
+    )
     ok = t_bare / t_default >= 0.9
     print(f"target: default-probe ratio >= 0.9 -> {'met' if ok else 'NOT met'}")
 

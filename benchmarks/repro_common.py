@@ -23,15 +23,32 @@ OOD_FILES = {
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("NCPROBE_SHARED_DATA", DEFAULT_DATA)),
-                    help="folder with cifar10_train.npz, cifar10_test.npz and the OOD .npz files")
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("NCPROBE_SHARED_DATA", DEFAULT_DATA)),
+        help="folder with cifar10_train.npz, cifar10_test.npz and the OOD .npz files",
+    )
     ap.add_argument("--seeds", type=int, default=3, help="number of seeds per recipe")
-    ap.add_argument("--epochs", type=int, default=15, help="training epochs per run (same budget for every recipe)")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=15,
+        help="training epochs per run (same budget for every recipe)",
+    )
     ap.add_argument("--arch", default="cifar_resnet20")
-    ap.add_argument("--train-n", type=int, default=None, help="use only N training images (seeded subsample)")
-    ap.add_argument("--eval-n", type=int, default=None, help="use only N images of each test/OOD set")
-    ap.add_argument("--out", type=Path, default=None, help="output folder (default: benchmarks/out/<script>)")
+    ap.add_argument(
+        "--train-n", type=int, default=None, help="use only N training images (seeded subsample)"
+    )
+    ap.add_argument(
+        "--eval-n", type=int, default=None, help="use only N images of each test/OOD set"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: benchmarks/out/<script>)"
+    )
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default=None)
     ap.add_argument("-q", "--quiet", action="store_true")
@@ -41,7 +58,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 def check_data(data_dir: Path, names) -> None:
     missing = [n for n in names if not (data_dir / n).exists()]
     if missing:
-        sys.exit(f"error: {data_dir} lacks {', '.join(missing)}; pass --data-dir (see ../shared/data/PROVENANCE.md)")
+        sys.exit(
+            f"error: {data_dir} lacks {', '.join(missing)}; pass --data-dir (see ../shared/data/PROVENANCE.md)"
+        )
 
 
 def spec(data_dir: Path, file: str, name: str, n: int | None) -> str:
@@ -64,6 +83,8 @@ class Timer:
 
 
 def header(title: str, args) -> str:
-    return (f"# {title}\n\n{dt.date.today().isoformat()}, {machine()}\n"
-            f"arch {args.arch}, {args.epochs} epochs, {args.seeds} seeds, train n={args.train_n or 'all'}, "
-            f"eval n={args.eval_n or 'all'}\n")
+    return (
+        f"# {title}\n\n{dt.date.today().isoformat()}, {machine()}\n"
+        f"arch {args.arch}, {args.epochs} epochs, {args.seeds} seeds, train n={args.train_n or 'all'}, "
+        f"eval n={args.eval_n or 'all'}\n"
+    )

@@ -40,29 +40,72 @@ def main():
         for mode in RECIPES:
             t = Timer()
             ckpt = out / f"{args.arch}-{mode}-seed{seed}.safetensors"
-            _, hist = finetune(None, arch=args.arch, data=train, mode=mode, epochs=args.epochs, seed=seed, out=ckpt,
-                               batch_size=args.batch_size, device=args.device, progress=not args.quiet)
-            res = layers(str(ckpt), test, oods, train, scorers=SCORERS, out=out, group=mode, seed=seed,
-                         device=args.device, progress=not args.quiet, cache_dir=out / "cache")
-            print(f"[seed {seed} {mode}] train acc {hist[-1]['train_acc']:.3f}, test acc {res.id_accuracy:.4f}, "
-                  f"{t}", flush=True)
+            _, hist = finetune(
+                None,
+                arch=args.arch,
+                data=train,
+                mode=mode,
+                epochs=args.epochs,
+                seed=seed,
+                out=ckpt,
+                batch_size=args.batch_size,
+                device=args.device,
+                progress=not args.quiet,
+            )
+            res = layers(
+                str(ckpt),
+                test,
+                oods,
+                train,
+                scorers=SCORERS,
+                out=out,
+                group=mode,
+                seed=seed,
+                device=args.device,
+                progress=not args.quiet,
+                cache_dir=out / "cache",
+            )
+            print(
+                f"[seed {seed} {mode}] train acc {hist[-1]['train_acc']:.3f}, test acc {res.id_accuracy:.4f}, "
+                f"{t}",
+                flush=True,
+            )
     ood = pd.read_csv(out / "ood.csv")
     collapse = pd.read_csv(out / "collapse.csv")
-    board = leaderboard(ood, layer="penultimate", scorers=["gda", "knn", "featnorm", "energy"], group_by=["mode"],
-                        collapse=collapse)
-    per_set = (ood[(ood.scorer == "gda") & (ood.layer == "penultimate")]
-               .groupby(["mode", "ood"])["auroc"].agg(["mean", "std", "min"]).reset_index())
-    nc1 = collapse.pivot_table(index="layer", columns="mode", values="nc1", aggfunc="mean", sort=False).reset_index()
-    text = "\n".join([
-        header("Haas et al. miniature: ce vs l2", args),
-        "Leaderboard at the penultimate layer, grouped by recipe (AUROC averaged over the 4 OOD sets):", "",
-        render(board, "markdown"), "",
-        "GDA AUROC at the penultimate layer per OOD set (mean, std, worst over seeds):", "",
-        render(per_set, "markdown"), "",
-        "NC1 per layer (mean over seeds):", "",
-        render(nc1, "markdown"), "",
-        f"total time {total}",
-    ])
+    board = leaderboard(
+        ood,
+        layer="penultimate",
+        scorers=["gda", "knn", "featnorm", "energy"],
+        group_by=["mode"],
+        collapse=collapse,
+    )
+    per_set = (
+        ood[(ood.scorer == "gda") & (ood.layer == "penultimate")]
+        .groupby(["mode", "ood"])["auroc"]
+        .agg(["mean", "std", "min"])
+        .reset_index()
+    )
+    nc1 = collapse.pivot_table(
+        index="layer", columns="mode", values="nc1", aggfunc="mean", sort=False
+    ).reset_index()
+    text = "\n".join(
+        [
+            header("Haas et al. miniature: ce vs l2", args),
+            "Leaderboard at the penultimate layer, grouped by recipe (AUROC averaged over the 4 OOD sets):",
+            "",
+            render(board, "markdown"),
+            "",
+            "GDA AUROC at the penultimate layer per OOD set (mean, std, worst over seeds):",
+            "",
+            render(per_set, "markdown"),
+            "",
+            "NC1 per layer (mean over seeds):",
+            "",
+            render(nc1, "markdown"),
+            "",
+            f"total time {total}",
+        ]
+    )
     (out / "summary.md").write_text(text + "\n")
     print(text)
 

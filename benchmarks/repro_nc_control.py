@@ -29,7 +29,10 @@ def main():
     ap = base_parser(__doc__)
     ap.add_argument("--projector-dim", type=int, default=2048)
     args = ap.parse_args()
-    check_data(args.data_dir, ["cifar10_train.npz", "cifar10_test.npz", "cifar10jpeg75_test.npz", *OOD_FILES.values()])
+    check_data(
+        args.data_dir,
+        ["cifar10_train.npz", "cifar10_test.npz", "cifar10jpeg75_test.npz", *OOD_FILES.values()],
+    )
     out = args.out or REPO / "benchmarks" / "out" / "repro_nc_control"
     out.mkdir(parents=True, exist_ok=True)
     for f in ("ood.csv", "collapse.csv", "transfer.csv", "correlation.csv"):
@@ -37,20 +40,47 @@ def main():
     train = spec(args.data_dir, "cifar10_train.npz", "cifar10-train", args.train_n)
     test = spec(args.data_dir, "cifar10_test.npz", "cifar10", args.eval_n)
     oods = [spec(args.data_dir, f, name, args.eval_n) for name, f in OOD_FILES.items()]
-    transfer = [spec(args.data_dir, "cifar10jpeg75_test.npz", "cifar10-jpeg75", args.eval_n),
-                spec(args.data_dir, "cifar100mix_test.npz", "cifar100-labels", args.eval_n)]
+    transfer = [
+        spec(args.data_dir, "cifar10jpeg75_test.npz", "cifar10-jpeg75", args.eval_n),
+        spec(args.data_dir, "cifar100mix_test.npz", "cifar100-labels", args.eval_n),
+    ]
     total = Timer()
     for seed in range(args.seeds):
         for mode in RECIPES:
             t = Timer()
             ckpt = out / f"{args.arch}-{mode.replace('+', '-')}-seed{seed}.safetensors"
-            _, hist = finetune(None, arch=args.arch, data=train, mode=mode, epochs=args.epochs, seed=seed, out=ckpt,
-                               batch_size=args.batch_size, device=args.device, progress=not args.quiet,
-                               projector_dim=args.projector_dim)
-            res = layers(str(ckpt), test, oods, train, scorers=SCORERS, out=out, group=mode, seed=seed,
-                         device=args.device, progress=not args.quiet, cache_dir=out / "cache", transfer=transfer)
-            print(f"[seed {seed} {mode}] train acc {hist[-1]['train_acc']:.3f}, test acc {res.id_accuracy:.4f}, "
-                  f"{t}", flush=True)
+            _, hist = finetune(
+                None,
+                arch=args.arch,
+                data=train,
+                mode=mode,
+                epochs=args.epochs,
+                seed=seed,
+                out=ckpt,
+                batch_size=args.batch_size,
+                device=args.device,
+                progress=not args.quiet,
+                projector_dim=args.projector_dim,
+            )
+            res = layers(
+                str(ckpt),
+                test,
+                oods,
+                train,
+                scorers=SCORERS,
+                out=out,
+                group=mode,
+                seed=seed,
+                device=args.device,
+                progress=not args.quiet,
+                cache_dir=out / "cache",
+                transfer=transfer,
+            )
+            print(
+                f"[seed {seed} {mode}] train acc {hist[-1]['train_acc']:.3f}, test acc {res.id_accuracy:.4f}, "
+                f"{t}",
+                flush=True,
+            )
     ood = pd.read_csv(out / "ood.csv")
     collapse = pd.read_csv(out / "collapse.csv")
     transfer_df = pd.read_csv(out / "transfer.csv")
@@ -61,33 +91,61 @@ def main():
     rows = []
     for mode in RECIPES:
         c = collapse[collapse["mode"] == mode].groupby("layer")["nc1"].mean()
-        det = ood[(ood["mode"] == mode) & (ood["layer"] == det_layer[mode]) & (ood["scorer"] == "probe_energy")]
+        det = ood[
+            (ood["mode"] == mode)
+            & (ood["layer"] == det_layer[mode])
+            & (ood["scorer"] == "probe_energy")
+        ]
         det_run = det.groupby("run_id")[["auroc", "fpr95"]].mean()
         tr = transfer_df[(transfer_df["mode"] == mode) & (transfer_df["layer"] == "encoder")]
-        row = {"recipe": mode, "NC1 encoder": c.get("encoder"), "NC1 projector": c.get("projector"),
-               "detection layer": det_layer[mode], "AUROC": det_run["auroc"].mean(),
-               "AUROC worst": det_run["auroc"].min(), "FPR95": det_run["fpr95"].mean()}
+        row = {
+            "recipe": mode,
+            "NC1 encoder": c.get("encoder"),
+            "NC1 projector": c.get("projector"),
+            "detection layer": det_layer[mode],
+            "AUROC": det_run["auroc"].mean(),
+            "AUROC worst": det_run["auroc"].min(),
+            "FPR95": det_run["fpr95"].mean(),
+        }
         for name, part in tr.groupby("transfer"):
             row[f"transfer {name}"] = part["transfer_acc"].mean()
-        row["ID accuracy"] = ood[ood["mode"] == mode].drop_duplicates("run_id")["id_accuracy"].mean()
+        row["ID accuracy"] = (
+            ood[ood["mode"] == mode].drop_duplicates("run_id")["id_accuracy"].mean()
+        )
         rows.append(row)
     summary = pd.DataFrame(rows)
-    per_layer = collapse.pivot_table(index="layer", columns="mode", values="nc1", aggfunc="mean", sort=False)
-    per_layer = per_layer.join(transfer_df.pivot_table(index="layer", columns=["mode", "transfer"],
-                                                       values="transfer_acc", aggfunc="mean", sort=False)
-                               .pipe(lambda d: d.set_axis([f"transfer {m} {t}" for m, t in d.columns], axis=1)))
-    corr_mean = (corr.groupby(["mode", "y"])[["pearson_r", "spearman_rho"]].mean().reset_index())
-    text = "\n".join([
-        header("Harun et al. miniature: ce vs etf+entropy", args),
-        "Summary (means over seeds; detection = energy of a linear probe on L2-normalized features,",
-        "averaged over the 4 OOD sets; transfer = linear-probe accuracy at the encoder):", "",
-        render(summary, "markdown"), "",
-        "NC1 and transfer accuracy per layer (mean over seeds):", "",
-        render(per_layer.reset_index(), "markdown"), "",
-        "Across-layer correlation of NC1 with detection AUROC / transfer accuracy (mean over seeds):", "",
-        render(corr_mean, "markdown"), "",
-        f"total time {total}",
-    ])
+    per_layer = collapse.pivot_table(
+        index="layer", columns="mode", values="nc1", aggfunc="mean", sort=False
+    )
+    per_layer = per_layer.join(
+        transfer_df.pivot_table(
+            index="layer",
+            columns=["mode", "transfer"],
+            values="transfer_acc",
+            aggfunc="mean",
+            sort=False,
+        ).pipe(lambda d: d.set_axis([f"transfer {m} {t}" for m, t in d.columns], axis=1))
+    )
+    corr_mean = corr.groupby(["mode", "y"])[["pearson_r", "spearman_rho"]].mean().reset_index()
+    text = "\n".join(
+        [
+            header("Harun et al. miniature: ce vs etf+entropy", args),
+            "Summary (means over seeds; detection = energy of a linear probe on L2-normalized features,",
+            "averaged over the 4 OOD sets; transfer = linear-probe accuracy at the encoder):",
+            "",
+            render(summary, "markdown"),
+            "",
+            "NC1 and transfer accuracy per layer (mean over seeds):",
+            "",
+            render(per_layer.reset_index(), "markdown"),
+            "",
+            "Across-layer correlation of NC1 with detection AUROC / transfer accuracy (mean over seeds):",
+            "",
+            render(corr_mean, "markdown"),
+            "",
+            f"total time {total}",
+        ]
+    )
     (out / "summary.md").write_text(text + "\n")
     print(text)
 
