@@ -193,14 +193,17 @@ def _forward(ckpt, source, names, dev, batch_size, progress, workers, use_amp, t
 
 
 def _check_first_batch(names, captured, every_module) -> list[str]:
-    kept = []
+    """The probe points that produced a tensor, in the order the forward pass produced them.
+
+    Execution order is the true depth order: a container (``encoder``) finishes after its children,
+    which module-registration order would get wrong. ``captured`` is filled in firing order.
+    """
     for name in names:
-        if name in captured:
-            kept.append(name)
-        elif not every_module or name in (PENULTIMATE, LOGITS):
+        if name not in captured and (not every_module or name in (PENULTIMATE, LOGITS)):
             what = "the classifier head was never called" if name == PENULTIMATE else "it returned no tensor"
             raise NcprobeError(f"layer {name!r} cannot be probed: {what}; choose another with --layers")
-    return kept
+    wanted = set(names)
+    return [name for name in captured if name in wanted]
 
 
 class _NullBar:

@@ -16,7 +16,7 @@ def plot_layers(collapse: pd.DataFrame, ood: pd.DataFrame, path, title: str = ""
     path = Path(path)
     layers = list(collapse.sort_values("layer_index")["layer"])
     xs = list(range(len(layers)))
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.7 * len(layers) + 3), 7), sharex=True)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.7 * len(layers) + 4), 7), sharex=True)
     nc1 = collapse.set_index("layer").loc[layers, "nc1"].astype(float)
     ax1.plot(xs, nc1.values, marker="o", color="black")
     if (nc1 > 0).all():
@@ -25,21 +25,23 @@ def plot_layers(collapse: pd.DataFrame, ood: pd.DataFrame, path, title: str = ""
     ax1.grid(alpha=0.3)
     if title:
         ax1.set_title(title, fontsize=10)
-    feat = ood[ood["layer"].isin(layers)]
-    mean_auroc = feat.groupby(["scorer", "layer"])["auroc"].mean().reset_index()
-    for scorer, part in mean_auroc.groupby("scorer"):
-        part = part.set_index("layer").reindex(layers)
-        ax2.plot(xs, part["auroc"].values, marker="o", label=scorer)
-    logit = ood[ood["layer"] == "logits"].groupby("scorer")["auroc"].mean()
-    for scorer, value in logit.items():
-        ax2.axhline(value, linestyle="--", linewidth=0.8, alpha=0.7, color="grey")
-        ax2.annotate(f"{scorer} (logits)", (xs[-1], value), fontsize=7, ha="right", va="bottom", color="grey")
+    has_logits = (ood["layer"] == "logits").any() and "logits" not in layers
+    ticks = layers + (["logits"] if has_logits else [])
+    mean_auroc = ood.groupby(["scorer", "layer"], sort=False)["auroc"].mean().reset_index()
+    markers = "osD^v<>pXh*"
+    for i, (scorer, part) in enumerate(mean_auroc.groupby("scorer", sort=False)):
+        part = part.set_index("layer").reindex(ticks)["auroc"]
+        style = {"marker": markers[i % len(markers)], "label": scorer}
+        if part.notna().sum() == 1 and has_logits and pd.notna(part.get("logits")):
+            ax2.scatter([len(ticks) - 1], [part["logits"]], s=40, **style)  # logit scorers live at the logits only
+        else:
+            ax2.plot(range(len(ticks)), part.values, **style)
     ax2.set_ylabel("AUROC, mean over OOD sets")
-    ax2.set_xticks(xs)
-    ax2.set_xticklabels(layers, rotation=30, ha="right", fontsize=8)
+    ax2.set_xticks(range(len(ticks)))
+    ax2.set_xticklabels(ticks, rotation=30, ha="right", fontsize=8)
     ax2.set_xlabel("layer (stem to classifier)")
     ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=7, ncol=3, loc="best")
+    ax2.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
