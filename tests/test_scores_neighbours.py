@@ -7,6 +7,7 @@ import pytest
 
 from ncprobe.errors import ScoringError
 from ncprobe.scores import get_scorer
+from ncprobe.scores.neighbours import kth_largest_inner_product
 
 
 def _brute(fit, z, k):
@@ -23,18 +24,43 @@ def _data(seed=0, n=400, d=16):
     return fit, z
 
 
-@pytest.mark.parametrize("k", [1, 5, 50])
-def test_matches_brute_force(k):
+@pytest.mark.parametrize("backend", ["numpy", "faiss"])
+@pytest.mark.parametrize("k", [1, 5, 50, 399, 400])
+def test_matches_brute_force(k, backend):
     fit, z = _data(k)
-    got = get_scorer("knn", k=k).fit(fit).score(z)
-    np.testing.assert_allclose(got, _brute(fit, z, k), atol=1e-6)
+    s = get_scorer("knn", k=k, backend=backend).fit(fit)
+    assert s.backend_ == backend
+    np.testing.assert_allclose(s.score(z), _brute(fit, z, k), atol=1e-6)
 
 
-def test_batches_and_float32_input():
+@pytest.mark.parametrize("n_fit,k", [(1000, 50), (997, 7), (60, 60), (5000, 1), (333, 100)])
+def test_group_max_engine_is_exact_with_ties(n_fit, k):
+    rng = np.random.default_rng(n_fit + k)
+    # coarse values: many exact ties among similarities
+    fit = rng.integers(-2, 3, (n_fit, 6)).astype(np.float32)
+    q = rng.integers(-2, 3, (300, 6)).astype(np.float32)
+    want = -np.sort(-(q @ fit.T), axis=1)[:, k - 1]
+    np.testing.assert_array_equal(kth_largest_inner_product(q, fit, k), want)
+
+
+def test_auto_backend_choice():
+    fit, z = _data(5)
+    assert get_scorer("knn", k=3).fit(fit).backend_ in ("numpy", "faiss-gpu")
+
+
+def test_batches_blocks_workers_and_float32_input(monkeypatch):
+    import ncprobe.scores.neighbours as nb
+
     fit, z = _data(1)
     s = get_scorer("knn", k=7).fit(fit.astype(np.float32))
     s.batch_size = 13
-    np.testing.assert_allclose(s.score(z.astype(np.float32)), _brute(fit, z, 7), atol=1e-6)
+    want = _brute(fit, z, 7)
+    np.testing.assert_allclose(s.score(z.astype(np.float32)), want, atol=1e-6)
+    s._engine.block_rows = 9  # many blocks spread over several workers
+    for workers in (1, 3):
+        monkeypatch.setattr(nb, "_blas_threads", lambda w=workers: w)
+        s.batch_size = 1000
+        np.testing.assert_allclose(s.score(z), want, atol=1e-6)
 
 
 def test_against_pytorch_ood():
@@ -71,4 +97,6 @@ def test_params_and_errors():
         get_scorer("knn", k=0)
     with pytest.raises(ScoringError, match="device"):
         get_scorer("knn", device="tpu")
-    assert repr(get_scorer("knn", k=3)) == "KNN(k=3, device='auto')"
+    with pytest.raises(ScoringError, match="backend"):
+        get_scorer("knn", backend="annoy")
+    assert repr(get_scorer("knn", k=3)) == "KNN(k=3, backend='auto', device='auto')"

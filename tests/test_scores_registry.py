@@ -58,7 +58,8 @@ def test_unknown_name_and_parameter():
     ):
         get_scorer("mahalanobls")
     with pytest.raises(
-        ScoringError, match="scorer 'knn' has no parameter kk; its parameters are: k, device"
+        ScoringError,
+        match="scorer 'knn' has no parameter kk; its parameters are: k, backend, device",
     ):
         get_scorer("knn", kk=3)
     with pytest.raises(ScoringError, match=r"\(none\)"):
