@@ -23,7 +23,6 @@ import math
 import numpy as np
 import scipy.linalg
 from scipy.linalg.blas import dtrsm
-from scipy.special import logsumexp
 
 from ..errors import ScoringError
 from ..stats.accumulator import ClassStats
@@ -50,7 +49,9 @@ def whitener(cov: np.ndarray, rcond: float | None = None) -> np.ndarray:
 def _stats_from(x, y, stats: ClassStats | None) -> ClassStats:
     if stats is not None:
         return stats
-    return ClassStats.from_features(x, y, int(y.max()) + 1)
+    # large batches (about 4M values) keep the per-batch overhead small at low d
+    rows = max(4096, (1 << 22) // x.shape[1])
+    return ClassStats.from_features(x, y, int(y.max()) + 1, batch_size=rows)
 
 
 class _SharedGaussian(Scorer):
@@ -64,12 +65,14 @@ class _SharedGaussian(Scorer):
         self.classes_ = p
         self.center_ = stats.means[p].mean(axis=0)
         self.whiten_ = whitener(stats.sigma_w, self.rcond)
+        self.center_w_ = self.center_ @ self.whiten_
         self.means_w_ = (stats.means[p] - self.center_) @ self.whiten_  # (K, r)
         self.means_sq_ = np.einsum("ij,ij->i", self.means_w_, self.means_w_)
 
     def _class_distances(self, x: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distances (n, K) to every present class under Sigma_W^+."""
-        a = (x - self.center_) @ self.whiten_
+        a = x @ self.whiten_
+        a -= self.center_w_
         d = np.einsum("ij,ij->i", a, a)[:, None] - 2.0 * (a @ self.means_w_.T) + self.means_sq_
         return np.maximum(d, 0.0)
 
@@ -199,8 +202,13 @@ class GDA(Scorer):
 
     def _score_batch(self, x):
         logp = np.empty((x.shape[0], len(self.chol_)))
+        centered = np.empty_like(x)
         for k, (mu, chol) in enumerate(zip(self.means_, self.chol_, strict=True)):
-            # solve L y = (z - mu)^T for all rows at once: y = L^{-1}(z - mu), ||y||^2 the quadratic form
-            y = dtrsm(1.0, chol, (x - mu).T, lower=1, overwrite_b=1)
-            logp[:, k] = -0.5 * (np.einsum("ij,ij->j", y, y) + self.logdet_[k] + self._const)
-        return logsumexp(logp, axis=1)
+            np.subtract(x, mu, out=centered)
+            # solve L y = (z - mu)^T for all rows at once (in place): ||y||^2 is the quadratic form
+            y = dtrsm(1.0, chol, centered.T, lower=1, overwrite_b=1)
+            logp[:, k] = np.einsum("ij,ij->j", y, y)
+        logp += self.logdet_ + self._const
+        logp *= -0.5
+        top = logp.max(axis=1)
+        return np.log(np.exp(logp - top[:, None]).sum(axis=1)) + top

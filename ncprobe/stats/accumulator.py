@@ -103,10 +103,12 @@ class ClassStats:
                 f"labels must lie in 0..{self.num_classes - 1}, found {int(y.min())}..{int(y.max())}; "
                 "drop OOD/unlabelled rows or raise num_classes"
             )
-        bad = ~np.isfinite(x).all(axis=1)
-        if bad.any():
+        with np.errstate(over="ignore", invalid="ignore"):
+            all_finite = bool(np.isfinite(x.sum()))  # a finite total proves every value finite
+        bad = 0 if all_finite else int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
+        if bad:
             raise ScoringError(
-                f"{int(bad.sum())} of {x.shape[0]} feature rows contain NaN or inf; "
+                f"{bad} of {x.shape[0]} feature rows contain NaN or inf; "
                 "drop those rows or fix the model/inputs that produced them"
             )
         return x, y
@@ -125,7 +127,8 @@ class ClassStats:
         # centre the batch on its own class means: stable second moments
         full_mean_b = np.zeros((self.num_classes, self.dim))
         full_mean_b[present] = mean_b
-        xc = x - full_mean_b[y]
+        xc = full_mean_b[y]
+        np.subtract(x, xc, out=xc)
         scatter_b = xc.T @ xc
         sq_b = np.bincount(y, weights=np.einsum("ij,ij->i", xc, xc), minlength=self.num_classes)
         self._combine(present, nb, mean_b, scatter_b, sq_b[present])
