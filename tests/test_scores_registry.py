@@ -173,3 +173,9 @@ def test_negative_labels_rejected():
     y[0] = -1
     with pytest.raises(ScoringError, match="drop OOD"):
         get_scorer("gda").fit(x, y)
+
+
+def test_overflowing_scores_raise_instead_of_returning_inf():
+    s = get_scorer("energy", T=1e-300).fit()
+    with pytest.raises(ScoringError, match="produced 1 non-finite scores of 2"):
+        s.score(np.array([[1e10, 0.0], [0.0, 0.0]]))

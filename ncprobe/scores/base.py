@@ -109,7 +109,7 @@ class Scorer:
     #: rows scored per batch; None: about ``batch_values`` values per batch (bounded memory)
     batch_size: int | None = None
     batch_values: int = 1 << 21
-    #: dtype the rows are converted to before _score_batch
+    #: dtype the fit rows and the scored rows are converted to (float64 unless the scorer needs less)
     _dtype = np.float64
 
     def __init__(self):
@@ -144,7 +144,7 @@ class Scorer:
     def _fit_checked(self, features, labels, head, stats) -> None:
         x = None
         if features is not None or stats is None or not self._can_use_stats():
-            x = check_matrix(features, f"fit {self.input}")
+            x = check_matrix(features, f"fit {self.input}", dtype=self._dtype)
         y = None
         if (
             self.needs_labels
@@ -206,7 +206,9 @@ class Scorer:
             if nb or bad:
                 bad += nb
                 continue  # keep counting, stop scoring
-            out[s : s + len(xb)] = self._score_batch(xb)
+            # overflow shows up as a non-finite score, reported below as a ScoringError
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                out[s : s + len(xb)] = self._score_batch(xb)
         if bad:
             raise ScoringError(
                 f"{bad} of {n} rows of the {self.input} to score contain NaN or inf; drop or fix those rows first"
