@@ -33,7 +33,7 @@ from .registry import register_scorer
 
 __all__ = ["KNN", "faiss_gpu_available", "kth_largest_inner_product"]
 
-#: float32 elements of one query block's similarity buffer (per worker): 64 MB
+#: float32 elements of one query block's similarity buffer (one worker): 64 MB
 _BLOCK_ELEMS = 1 << 24
 _MAX_BLOCK_ROWS = 1024
 _MIN_BLOCK_ROWS = 128
@@ -152,16 +152,17 @@ class _GroupMaxSearch:
         n = q.shape[0]
         sim = np.empty(n, dtype=np.float32)
         idx = np.empty(n, dtype=np.int64)
-        starts = list(range(0, n, self.block_rows))
-        workers = min(_blas_threads(), len(starts))
-
-        rows = min(self.block_rows, n)
+        threads = _blas_threads()
+        # all workers' buffers together stay under 4 * _BLOCK_ELEMS floats (256 MB)
+        rows = min(self.block_rows, n, max(16, 4 * _BLOCK_ELEMS // (threads * self.width)))
+        starts = list(range(0, n, rows))
+        workers = min(threads, len(starts))
 
         def work(w: int) -> None:
             buf = np.empty(self.g * rows * self.n_groups, dtype=np.float32)
             gmax = np.empty((rows, self.n_groups), dtype=np.float32)
             for s in starts[w::workers]:
-                e = min(s + self.block_rows, n)
+                e = min(s + rows, n)
                 sim[s:e], idx[s:e] = self._block(q[s:e], buf, gmax)
 
         if workers <= 1:
