@@ -74,7 +74,9 @@ def as_source(spec, *, data_root=None, download=False, default_split="test") -> 
 
 
 def mode_of(ckpt: LoadedCheckpoint) -> str:
-    return str(ckpt.metadata.get("mode", "") or "")
+    """The NC-control recipe an ncprobe checkpoint was trained with ('' for other checkpoints)."""
+    meta = ckpt.metadata.get("ncprobe") or {}
+    return str(meta.get("mode") or ckpt.metadata.get("mode") or "")
 
 
 def evaluate(checkpoint, data, *, device=None, batch_size=256, cache_dir=None, use_cache=True, progress=True,
