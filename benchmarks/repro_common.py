@@ -36,8 +36,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument(
         "--epochs",
         type=int,
-        default=15,
-        help="training epochs per run (same budget for every recipe)",
+        default=5,
+        help="training epochs per run, the same budget for every recipe (default 5: about 30 min per script on 2 cores)",
     )
     ap.add_argument("--arch", default="cifar_resnet20")
     ap.add_argument(

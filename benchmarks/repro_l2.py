@@ -6,7 +6,7 @@ MNIST, DTD textures and TinyImageNet (SVHN is not available here); then the lead
 recipe: mean and worst-case GDA AUROC at the penultimate layer, ID accuracy, penultimate NC1.
 The paper's claims to check: comparable or better AUROC and accuracy, lower NC1, better worst case.
 
-    python benchmarks/repro_l2.py                # 3 seeds x 2 recipes, 15 epochs (about 40 min on 2 cores)
+    python benchmarks/repro_l2.py                # 3 seeds x 2 recipes, 5 epochs (about 30 min on 2 cores)
     python benchmarks/repro_l2.py --seeds 5 --epochs 30
 """
 
