@@ -85,6 +85,16 @@ def main():
         .agg(["mean", "std", "min"])
         .reset_index()
     )
+    # l2's penultimate is the normalized feature; its encoder output is the feature before normalization
+    by_layer = (
+        ood[ood.scorer.isin(["gda", "featnorm", "knn"]) & ood.layer.isin(["encoder", "penultimate"])]
+        .groupby(["run_id", "mode", "scorer", "layer"])["auroc"]
+        .mean()
+        .groupby(["mode", "scorer", "layer"])
+        .agg(["mean", "min"])
+        .rename(columns={"mean": "auroc_mean", "min": "auroc_worst"})
+        .reset_index()
+    )
     nc1 = collapse.pivot_table(
         index="layer", columns="mode", values="nc1", aggfunc="mean", sort=False
     ).reset_index()
@@ -98,6 +108,10 @@ def main():
             "GDA AUROC at the penultimate layer per OOD set (mean, std, worst over seeds):",
             "",
             render(per_set, "markdown"),
+            "",
+            "Before (encoder) and after (penultimate) the L2 normalization, AUROC over the 4 OOD sets:",
+            "",
+            render(by_layer, "markdown"),
             "",
             "NC1 per layer (mean over seeds):",
             "",
