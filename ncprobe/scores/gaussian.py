@@ -25,6 +25,7 @@ import scipy.linalg
 from scipy.linalg.blas import dtrsm
 
 from ..errors import ScoringError
+from ..stats._threads import single_blas_thread
 from ..stats.accumulator import ClassStats
 from .base import Scorer
 from .registry import register_scorer
@@ -35,7 +36,8 @@ __all__ = ["Mahalanobis", "RMDS", "GDA", "whitener"]
 def whitener(cov: np.ndarray, rcond: float | None = None) -> np.ndarray:
     """Wh (d, r) with Wh Wh^T = pinv(cov): eigenvectors over sqrt(eigenvalue), tiny eigenvalues dropped."""
     cov = np.asarray(cov, np.float64)
-    lam, v = np.linalg.eigh(0.5 * (cov + cov.T))
+    with single_blas_thread():
+        lam, v = np.linalg.eigh(0.5 * (cov + cov.T))
     if not lam[-1] > 0 or not np.isfinite(lam).all():
         raise ScoringError(
             "the fit covariance is zero or not finite (all fit features identical within classes?); "
@@ -185,16 +187,17 @@ class GDA(Scorer):
         eye = np.eye(cov.shape[0])
         n_steps = max(0, math.floor(-math.log10(self.jitter) + 1e-9)) + 1  # jitter * 10^k <= 1
         tries = [0.0] + [self.jitter * 10.0**k * scale for k in range(n_steps)]
-        for jit in tries:
-            try:
-                chol = scipy.linalg.cholesky(
-                    cov + jit * eye if jit else cov, lower=True, check_finite=False
-                )
-            except np.linalg.LinAlgError:
-                continue
-            diag = np.diag(chol)
-            if np.all(np.isfinite(chol)) and np.all(diag > 0):
-                return chol, jit
+        with single_blas_thread():
+            for jit in tries:
+                try:
+                    chol = scipy.linalg.cholesky(
+                        cov + jit * eye if jit else cov, lower=True, check_finite=False
+                    )
+                except np.linalg.LinAlgError:
+                    continue
+                diag = np.diag(chol)
+                if np.all(np.isfinite(chol)) and np.all(diag > 0):
+                    return chol, jit
         raise ScoringError(
             f"the covariance of class {c} stays singular even with a jitter of its mean variance; "
             "the features of this class are degenerate - use the 'mahalanobis' scorer"

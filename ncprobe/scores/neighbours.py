@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import ScoringError
+from ..stats._threads import blas_controller, single_blas_thread
 from .base import Scorer
 from .registry import register_scorer
 
@@ -58,23 +59,10 @@ def faiss_gpu_available() -> bool:
         return False
 
 
-_CONTROLLER = None
-
-
-def _controller():
-    """A cached threadpoolctl controller (discovering the loaded BLAS libraries costs milliseconds)."""
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER
-
-
 def _blas_threads() -> int:
     """The BLAS thread count in force (OPENBLAS_NUM_THREADS / threadpool_limits respected)."""
     try:
-        n = [lib.num_threads for lib in _controller().lib_controllers if lib.user_api == "blas"]
+        n = [lib.num_threads for lib in blas_controller().lib_controllers if lib.user_api == "blas"]
         if n:
             return max(1, max(n))
     except Exception:  # pragma: no cover - threadpoolctl missing/broken
@@ -171,7 +159,7 @@ class _GroupMaxSearch:
             work(0)
             return sim, idx
         # one single-threaded GEMM per worker: selection runs in parallel with the products
-        with _controller().limit(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        with single_blas_thread(), ThreadPoolExecutor(workers) as pool:
             list(pool.map(work, range(workers)))
         return sim, idx
 

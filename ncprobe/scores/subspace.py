@@ -6,6 +6,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from ..errors import ScoringError
+from ..stats._threads import single_blas_thread
 from .base import Scorer
 from .registry import register_scorer
 
@@ -22,7 +23,8 @@ def vim_default_dim(d: int) -> int:
 
 
 def _eigh_desc(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lam, v = np.linalg.eigh(0.5 * (cov + cov.T))
+    with single_blas_thread():
+        lam, v = np.linalg.eigh(0.5 * (cov + cov.T))
     return lam[::-1], v[:, ::-1]
 
 
@@ -56,7 +58,8 @@ class ViM(Scorer):
             )
         self.dim_principal_ = dim
         self.w_, self.b_ = w, b
-        self.origin_ = -np.linalg.pinv(w) @ b
+        with single_blas_thread():
+            self.origin_ = -np.linalg.pinv(w) @ b
         xc = x - self.origin_
         cov = xc.T @ xc / x.shape[0]
         _, v = _eigh_desc(cov)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ScoringError
+from ._threads import single_blas_thread
 from .accumulator import ClassStats, as_numpy
 
 __all__ = [
@@ -48,7 +49,8 @@ def nc1(stats: ClassStats) -> float:
     # Sigma_B = M^T M / C shares its non-zero eigenvalues with G = M M^T / C (C x C):
     # G v = lam v  =>  u = M^T v / sqrt(C lam) is a unit eigenvector of Sigma_B with eigenvalue lam.
     gram = m @ m.T / c
-    lam, v = np.linalg.eigh(0.5 * (gram + gram.T))
+    with single_blas_thread():
+        lam, v = np.linalg.eigh(0.5 * (gram + gram.T))
     lam, v = lam[::-1][: c - 1], v[:, ::-1][:, : c - 1]
     # drop eigenvalues that are zero up to rounding (rank(M) < C-1, e.g. d < C-1), as pinv does
     keep = lam > lam[0] * max(c, m.shape[1]) * np.finfo(np.float64).eps if lam[0] > 0 else lam > 0
