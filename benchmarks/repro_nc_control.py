@@ -142,7 +142,7 @@ def main():
             "",
             render(per_layer.reset_index(), "markdown"),
             "",
-            "Across-layer correlation of NC1 with detection AUROC / transfer accuracy (mean over seeds):",
+            "Across-layer correlation of NC1 with detection FPR95 / transfer error (mean over seeds; the paper: r > 0, r < 0):",
             "",
             render(corr_mean, "markdown"),
             "",

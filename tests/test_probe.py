@@ -59,13 +59,19 @@ def test_correlate_matches_scipy_and_monotone_gives_spearman_one():
     assert np.isnan(correlate([1, 2], [3, 4])["pearson_r"])  # too few layers: undefined, not an error
 
 
-def test_correlation_frame_joins_layers():
-    collapse = pd.DataFrame({"layer": ["a", "b", "c", "d"], "nc1": [4.0, 3.0, 2.0, 1.0]})
-    ood = pd.DataFrame({"layer": ["a", "b", "c", "d"] * 2, "scorer": ["gda"] * 8, "ood": ["o1"] * 4 + ["o2"] * 4,
-                        "auroc": [0.6, 0.7, 0.8, 0.9, 0.62, 0.72, 0.82, 0.95]})
-    transfer = pd.DataFrame({"transfer": ["t"] * 4, "layer": ["a", "b", "c", "d"], "transfer_acc": [0.9, 0.8, 0.7, 0.65]})
+def test_correlation_frame_joins_layers_and_counts_repeats_once():
+    # layer "d2" repeats "d" exactly (a last stage whose pooled output is the penultimate feature)
+    collapse = pd.DataFrame({"layer": ["a", "b", "c", "d", "d2"], "layer_index": range(5), "dim": [8] * 5,
+                             "nc1": [4.0, 3.0, 2.0, 1.0, 1.0], "ncc_acc": [0.5, 0.6, 0.7, 0.9, 0.9]})
+    ood = pd.DataFrame({"layer": ["a", "b", "c", "d", "d2"] * 2, "scorer": ["gda"] * 10,
+                        "ood": ["o1"] * 5 + ["o2"] * 5,
+                        "fpr95": [0.9, 0.7, 0.5, 0.3, 0.3, 0.8, 0.75, 0.4, 0.35, 0.35]})
+    transfer = pd.DataFrame({"transfer": ["t"] * 5, "layer": ["a", "b", "c", "d", "d2"],
+                             "transfer_acc": [0.9, 0.8, 0.7, 0.65, 0.65]})
     corr = correlation_frame(collapse, ood, transfer).set_index("y")
-    assert corr.loc["auroc:gda", "spearman_rho"] == pytest.approx(-1.0)
-    assert corr.loc["transfer:t", "spearman_rho"] == pytest.approx(1.0)
-    mean_auroc = ood.groupby("layer")["auroc"].mean()
-    assert corr.loc["auroc:gda", "pearson_r"] == pytest.approx(stats.pearsonr(collapse["nc1"], mean_auroc).statistic)
+    assert corr.loc["fpr95:gda", "n_layers"] == 4
+    assert corr.loc["fpr95:gda", "spearman_rho"] == pytest.approx(1.0)  # the paper's direction for detection
+    assert corr.loc["transfer_error:t", "spearman_rho"] == pytest.approx(-1.0)  # and for transfer
+    mean_fpr = ood[ood.layer != "d2"].groupby("layer")["fpr95"].mean()
+    expected = stats.pearsonr([4.0, 3.0, 2.0, 1.0], mean_fpr[["a", "b", "c", "d"]]).statistic
+    assert corr.loc["fpr95:gda", "pearson_r"] == pytest.approx(expected)

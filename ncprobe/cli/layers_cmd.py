@@ -72,9 +72,10 @@ def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers
     click.echo("")
     corr = result.correlation
     if corr is not None and not corr.empty and corr["pearson_r"].notna().any():
-        click.echo("Across layers: correlation of NC1 with detection AUROC and transfer accuracy "
-                   "(Harun et al. report r = 0.77 and r = -0.60 on VGG17)")
-        click.echo(render(corr[["y", "n_layers", "pearson_r", "spearman_rho"]].rename(columns={"y": "NC1 vs"})))
+        click.echo("Across layers: correlation of NC1 with detection FPR95 and transfer error "
+                   "(Harun et al., VGG17: r = 0.77 and r = -0.60; r > 0 and r < 0 is their direction)")
+        shown = corr[corr["pearson_r"].notna()]
+        click.echo(render(shown[["y", "n_layers", "pearson_r", "spearman_rho"]].rename(columns={"y": "NC1 vs"})))
         click.echo("")
     note = cache_note(result.from_cache)
     if note:
