@@ -18,7 +18,7 @@ from .stats.collapse import collapse_metrics
 
 NC_COLUMNS = ["nc1", "nc2_equinorm", "nc2_equiangular", "nc2_etf", "nc3", "nc4", "ncc_acc", "tr_ratio", "cdnv"]
 DEFAULT_SCORERS = ("msp", "maxlogit", "energy", "gen", "mahalanobis", "rmds", "gda", "knn", "vim", "neco",
-                   "featnorm", "ncc")
+                   "featnorm", "ncc", "probe_energy")
 
 
 def parse_scorers(scorers) -> list[str]:

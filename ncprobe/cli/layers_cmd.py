@@ -21,7 +21,7 @@ from .options import cache_note, checkpoint_options, ensure_writable_dir, run_op
               help="Instead of --fit, hold out this fraction of the ID set (per class) as the fit set.")
 @click.option("--scorers", default=None, metavar="NAMES",
               help="Comma-separated scorers (default: all). Feature scorers: mahalanobis, rmds, gda, knn, vim, neco, "
-                   "featnorm, ncc. Logit scorers: msp, maxlogit, energy, gen.")
+                   "featnorm, ncc, probe_energy. Logit scorers: msp, maxlogit, energy, gen.")
 @click.option("--layers", default=None, metavar="NAMES",
               help="Comma-separated probe points, or 'all' (default: the block groups, penultimate, logits).")
 @click.option("--knn-k", type=click.IntRange(min=1), default=None, help="k of the kNN scorer (default 50).")
