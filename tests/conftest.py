@@ -16,3 +16,24 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "PROVENANCE.md").exists():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run with one torch thread: tiny models are fastest that way, and don't stall when other
+    processes hold the cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def empty_registry(tmp_path, monkeypatch):
+    """No checkpoints.yaml entries, so every fact comes from the file or from inference."""
+    empty = tmp_path / "empty-registry.yaml"
+    empty.write_text("checkpoints: []\n")
+    monkeypatch.setenv("NCPROBE_REGISTRY", str(empty))
+    return empty

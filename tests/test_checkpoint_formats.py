@@ -20,22 +20,7 @@ from ncprobe.checkpoint.describe import layer_shapes
 from ncprobe.checkpoint.state_dict import WRAPPER_KEYS, strip_prefix_variants
 from ncprobe.errors import CheckpointError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and don't stall when other processes hold the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _empty_registry(tmp_path, monkeypatch):
-    """No registry entries, so every fact below comes from the file or from inference."""
-    empty = tmp_path / "empty-registry.yaml"
-    empty.write_text("checkpoints: []\n")
-    monkeypatch.setenv("NCPROBE_REGISTRY", str(empty))
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "empty_registry")
 
 
 def _model(name="cifar_resnet20", num_classes=7, seed=0):

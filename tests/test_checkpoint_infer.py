@@ -9,21 +9,7 @@ from ncprobe.checkpoint import create_model, load_checkpoint
 from ncprobe.checkpoint.infer import infer_arch
 from ncprobe.errors import CheckpointError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and don't stall when other processes hold the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _empty_registry(tmp_path, monkeypatch):
-    empty = tmp_path / "empty-registry.yaml"
-    empty.write_text("checkpoints: []\n")
-    monkeypatch.setenv("NCPROBE_REGISTRY", str(empty))
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "empty_registry")
 
 
 def _save(tmp_path, name, num_classes, fname="model.pt"):

@@ -10,15 +10,9 @@ import torch
 
 from ncprobe.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 RESNET20_SHA = "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _batch(shared_data, n=500):

@@ -16,17 +16,11 @@ from ncprobe.checkpoint import catalog, create_model, load_checkpoint
 from ncprobe.checkpoint import loader as loader_mod
 from ncprobe.errors import CheckpointError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT_YAML = Path(__file__).resolve().parents[1] / "checkpoints.yaml"
 AKAMASTER = {20: ("12fca82f", 91.73), 32: ("d509ac18", 92.63), 44: ("014dd654", 93.10),
              56: ("4bfd9763", 93.39), 110: ("1d1ed7c2", 93.68), 1202: ("f3b1deed", 93.82)}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture
