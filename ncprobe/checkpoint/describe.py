@@ -75,7 +75,19 @@ def describe(ckpt: LoadedCheckpoint, *, shapes: bool = True) -> dict[str, Any]:
         "dataset": (md.get("registry") or {}).get("dataset"),
         "note": md.get("note"),
         "file_extras": md.get("file_extras") or {},
+        "training": _training(md.get("ncprobe")),
     }
     if shapes:
         info["shapes"] = {k: (list(v) if v is not None else None) for k, v in layer_shapes(ckpt).items()}
     return info
+
+
+def _training(meta) -> dict | None:
+    """For ncprobe's own checkpoints: the NC-control recipe and how far training went."""
+    if not meta:
+        return None
+    history = meta.get("history") or []
+    config = meta.get("config") or {}
+    last = history[-1] if history else {}
+    return {"mode": meta.get("mode"), "epochs": len(history), "data": config.get("data"),
+            "train_acc": last.get("train_acc"), "val_acc": last.get("val_acc")}

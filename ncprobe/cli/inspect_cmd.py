@@ -50,6 +50,11 @@ def format_report(info: dict) -> str:
         ("sha256", info["sha256"] or "-", origin.get("sha256", "")),
         ("format", _file_line(info), ""),
     ]
+    if info.get("training"):
+        t = info["training"]
+        accs = ", ".join(f"{k.replace('_', ' ')} {t[k]:.4f}" for k in ("train_acc", "val_acc") if t.get(k) is not None)
+        rows.append(("trained with", f"ncprobe finetune --mode {t['mode']}, {t['epochs']} epochs on {t['data']}"
+                     + (f" ({accs})" if accs else ""), ""))
     if info.get("published_top1") is not None:
         on = f" on {info['dataset']}" if info.get("dataset") else ""
         rows.append(("published top-1", f"{info['published_top1']} %{on}", "registry"))
