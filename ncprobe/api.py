@@ -18,6 +18,7 @@ from .errors import NcprobeError
 from .features import extract_features
 from .pipeline import (
     accuracy,
+    check_class_sizes,
     check_labels,
     collapse_frame,
     layer_stats,
@@ -143,6 +144,7 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
     if fit is not None:
         fit_source = as_source(fit, data_root=data_root, download=download, default_split="train")
         check_labels(fit_source, ckpt.num_classes, "fit")  # before any forward pass
+        check_class_sizes(fit_source.labels, score_names)
     ood_sources = [as_source(s, data_root=data_root, download=download, default_split="test") for s in ood]
     for src in ood_sources:
         if len(src) == 0:
@@ -156,6 +158,7 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
         check_labels(id_source, ckpt.num_classes, "ID")
         id_all = feats(id_source)
         fit_idx, id_idx = stratified_split(id_all.labels, float(fit_split), seed)
+        check_class_sizes(id_all.labels[fit_idx], score_names)
         fit_fs, id_fs = id_all.subset(fit_idx), id_all.subset(id_idx)
         fit_fs.name = f"{id_source.name}[fit {fit_split}]"
         id_name = f"{id_source.name}[rest]"

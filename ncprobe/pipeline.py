@@ -49,6 +49,18 @@ def check_labels(fs, num_classes: int, role: str) -> None:
         )
 
 
+def check_class_sizes(labels, scorers: list[str], role: str = "fit") -> None:
+    """Fail before any forward pass when a per-class scorer cannot fit: GDA needs 2+ samples a class."""
+    counts = np.bincount(np.asarray(labels)[np.asarray(labels) >= 0])
+    single = np.flatnonzero(counts == 1)
+    if "gda" in scorers and single.size:
+        raise NcprobeError(
+            f"the {role} set has a single sample of class(es) {', '.join(map(str, single[:10].tolist()))}, "
+            f"too few for GDA's per-class covariance; add samples, select classes with @classes=..., "
+            f"or leave gda out of --scorers"
+        )
+
+
 def stat_layers(fs) -> list[str]:
     """Layers whose collapse is measured: every probe point but the logits (the logits alone when
     nothing else could be hooked, e.g. a TorchScript model)."""

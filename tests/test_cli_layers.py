@@ -103,12 +103,16 @@ def test_fit_split_and_collapse_and_eval(ckpt_path, tmp_path, capsys):
         (["layers", "{ckpt}", "--id", ID, "--fit", "digits:train", "--ood", "noise:gaussian"], "label"),
         (["layers", "{ckpt}", "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--layers", "nope"], "nope"),
         (["layers", "{ckpt}", "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--scorers", "nope"], "nope"),
+        (["layers", "{ckpt}", "--id", ID, "--fit", "{tmp}/single.npz", "--ood", "noise:gaussian"], "single sample"),
         (["leaderboard", "{tmp}/none.csv"], "none.csv"),
         (["eval", "{tmp}/missing.pt", "--data", ID], "missing.pt"),
     ],
 )
 def test_user_mistakes_are_one_line_exit_2(ckpt_path, tmp_path, capsys, args, needle):
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 8, 8, 3), np.uint8), y=np.zeros(0, np.int64))
+    rng = np.random.default_rng(0)  # class 3 has one sample: GDA cannot fit its covariance
+    np.savez(tmp_path / "single.npz", x=rng.integers(0, 255, (13, 8, 8, 3), dtype=np.uint8),
+             y=np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3]))
     args = [a.format(ckpt=ckpt_path, tmp=tmp_path) for a in args]
     code, out, err = run_cli(args + ["--no-cache", "-q"] if args[0] != "leaderboard" else args, capsys)
     assert code == 2
