@@ -4,7 +4,7 @@ Same model, same batches, same device, one run. Baseline: a loop that preprocess
 calls model(x) under inference_mode, nothing else. Target: ratio (ncprobe / bare) >= 0.9 with the
 default probe points, reported also for --layers all.
 
-    python benchmarks/extract_speed.py [--arch cifar_resnet56] [--n 2048] [--batch-size 256] [--repeats 3]
+    python benchmarks/extract_speed.py [--arch cifar_resnet56] [--n 2048] [--batch-size 256] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -32,13 +32,16 @@ def bare_loop(model, source, batch_size, dev, preprocess):
         torch.cuda.synchronize()
 
 
-def best_of(fn, repeats):
-    times = []
+def best_of_round_robin(fns, repeats):
+    """Best time of each function over ``repeats`` rounds, the functions interleaved in every
+    round so that all of them see the same machine load."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
 
 
 def main():
@@ -48,7 +51,7 @@ def main():
     ap.add_argument("--arch", default="cifar_resnet56")
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default=None)
     args = ap.parse_args()
 
@@ -81,9 +84,6 @@ def main():
     )
     preprocess = Preprocess(spec.mean, spec.std, (h, w)).to(dev)
     bare_loop(model, source, args.batch_size, dev, preprocess)  # warm-up
-    t_bare = best_of(
-        lambda: bare_loop(model, source, args.batch_size, dev, preprocess), args.repeats
-    )
 
     def ours(layers):
         return lambda: extract_features(
@@ -97,8 +97,10 @@ def main():
             amp=False,
         )
 
-    t_default = best_of(ours(None), args.repeats)
-    t_all = best_of(ours("all"), args.repeats)
+    t_bare, t_default, t_all = best_of_round_robin(
+        [lambda: bare_loop(model, source, args.batch_size, dev, preprocess), ours(None), ours("all")],
+        args.repeats,
+    )
     n_all = len(
         extract_features(
             ckpt,
