@@ -26,7 +26,6 @@ from .pipeline import (
     parse_scorers,
     stratified_split,
 )
-from .probe import correlation_frame, transfer_frame
 from .report.csvlog import append_rows
 
 OOD_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "id", "fit", "ood",
@@ -193,6 +192,11 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
     for key, value in meta.items():
         ood_table[key] = value
     ood_table = ood_table.reindex(columns=OOD_COLUMNS)
+    from .probe import (  # scipy.stats and sklearn: only for this job
+        correlation_frame,
+        transfer_frame,
+    )
+
     transfer_table = pd.DataFrame(columns=TRANSFER_COLUMNS)
     if transfer_sets:
         parts = [transfer_frame(fs, fs.name, train_fraction=transfer_fraction, seed=seed) for fs in transfer_sets]

@@ -11,8 +11,6 @@ import pandas as pd
 
 from .errors import NcprobeError
 from .features.probes import LOGITS, PENULTIMATE
-from .metrics import ood_metrics
-from .scores import get_scorer, list_scorers
 from .stats.accumulator import ClassStats
 from .stats.collapse import collapse_metrics
 
@@ -23,6 +21,8 @@ DEFAULT_SCORERS = ("msp", "maxlogit", "energy", "gen", "mahalanobis", "rmds", "g
 
 def parse_scorers(scorers) -> list[str]:
     """``None`` -> the default set; a comma-separated string or list -> validated names."""
+    from .scores import get_scorer, list_scorers  # the scorer modules are only needed when scoring
+
     if scorers is None or scorers == "" or scorers == "all":
         return list(DEFAULT_SCORERS)
     if isinstance(scorers, str):
@@ -88,6 +88,9 @@ def collapse_frame(fit_fs, stats: dict, head) -> pd.DataFrame:
 def ood_frame(fit_fs, id_fs, ood_sets: list, stats: dict, head, scorers: list[str], params: dict | None = None,
               progress: bool = False) -> pd.DataFrame:
     """One row per (layer, scorer, OOD set) with AUROC, AUPR-In/Out and both FPR@95 conventions."""
+    from .metrics import ood_metrics
+    from .scores import get_scorer
+
     params = params or {}
     jobs = []
     for index, layer in enumerate(fit_fs.layers):
