@@ -88,3 +88,28 @@ def header(title: str, args) -> str:
         f"arch {args.arch}, {args.epochs} epochs, {args.seeds} seeds, train n={args.train_n or 'all'}, "
         f"eval n={args.eval_n or 'all'}\n"
     )
+
+
+def run_recipes(args, out: Path, recipes, scorers, *, finetune_options=None, transfer=None) -> None:
+    """For every seed and recipe: train from scratch on cifar10_train.npz, then `ncprobe layers`
+    against the OOD files; the tables in `out` are started afresh."""
+    from ncprobe.api import layers
+    from ncprobe.finetune.train import finetune
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in ("ood.csv", "collapse.csv", "transfer.csv", "correlation.csv"):
+        (out / f).unlink(missing_ok=True)
+    train = spec(args.data_dir, "cifar10_train.npz", "cifar10-train", args.train_n)
+    test = spec(args.data_dir, "cifar10_test.npz", "cifar10", args.eval_n)
+    oods = [spec(args.data_dir, f, name, args.eval_n) for name, f in OOD_FILES.items()]
+    for seed in range(args.seeds):
+        for mode in recipes:
+            t = Timer()
+            ckpt = out / f"{args.arch}-{mode.replace('+', '-')}-seed{seed}.safetensors"
+            _, hist = finetune(None, arch=args.arch, data=train, mode=mode, epochs=args.epochs, seed=seed,
+                               out=ckpt, batch_size=args.batch_size, device=args.device,
+                               progress=not args.quiet, **(finetune_options or {}))
+            res = layers(str(ckpt), test, oods, train, scorers=scorers, out=out, group=mode, seed=seed,
+                         device=args.device, progress=not args.quiet, cache_dir=out / "cache", transfer=transfer)
+            print(f"[seed {seed} {mode}] train acc {hist[-1]['train_acc']:.3f}, test acc {res.id_accuracy:.4f}, {t}",
+                  flush=True)

@@ -13,10 +13,8 @@ The paper's claims to check: comparable or better AUROC and accuracy, lower NC1,
 from __future__ import annotations
 
 import pandas as pd
-from repro_common import OOD_FILES, REPO, Timer, base_parser, check_data, header, spec
+from repro_common import OOD_FILES, REPO, Timer, base_parser, check_data, header, run_recipes
 
-from ncprobe.api import layers
-from ncprobe.finetune.train import finetune
 from ncprobe.report.leaderboard import leaderboard
 from ncprobe.report.tables import render
 
@@ -29,47 +27,8 @@ def main():
     args = ap.parse_args()
     check_data(args.data_dir, ["cifar10_train.npz", "cifar10_test.npz", *OOD_FILES.values()])
     out = args.out or REPO / "benchmarks" / "out" / "repro_l2"
-    out.mkdir(parents=True, exist_ok=True)
-    for f in ("ood.csv", "collapse.csv", "correlation.csv"):
-        (out / f).unlink(missing_ok=True)
-    train = spec(args.data_dir, "cifar10_train.npz", "cifar10-train", args.train_n)
-    test = spec(args.data_dir, "cifar10_test.npz", "cifar10", args.eval_n)
-    oods = [spec(args.data_dir, f, name, args.eval_n) for name, f in OOD_FILES.items()]
     total = Timer()
-    for seed in range(args.seeds):
-        for mode in RECIPES:
-            t = Timer()
-            ckpt = out / f"{args.arch}-{mode}-seed{seed}.safetensors"
-            _, hist = finetune(
-                None,
-                arch=args.arch,
-                data=train,
-                mode=mode,
-                epochs=args.epochs,
-                seed=seed,
-                out=ckpt,
-                batch_size=args.batch_size,
-                device=args.device,
-                progress=not args.quiet,
-            )
-            res = layers(
-                str(ckpt),
-                test,
-                oods,
-                train,
-                scorers=SCORERS,
-                out=out,
-                group=mode,
-                seed=seed,
-                device=args.device,
-                progress=not args.quiet,
-                cache_dir=out / "cache",
-            )
-            print(
-                f"[seed {seed} {mode}] train acc {hist[-1]['train_acc']:.3f}, test acc {res.id_accuracy:.4f}, "
-                f"{t}",
-                flush=True,
-            )
+    run_recipes(args, out, RECIPES, SCORERS)
     ood = pd.read_csv(out / "ood.csv")
     collapse = pd.read_csv(out / "collapse.csv")
     board = leaderboard(

@@ -15,10 +15,8 @@ projector improves, transfer at the encoder does not get worse.
 from __future__ import annotations
 
 import pandas as pd
-from repro_common import OOD_FILES, REPO, Timer, base_parser, check_data, header, spec
+from repro_common import OOD_FILES, REPO, Timer, base_parser, check_data, header, run_recipes, spec
 
-from ncprobe.api import layers
-from ncprobe.finetune.train import finetune
 from ncprobe.report.tables import render
 
 RECIPES = ("ce", "etf+entropy")
@@ -34,53 +32,13 @@ def main():
         ["cifar10_train.npz", "cifar10_test.npz", "cifar10jpeg75_test.npz", *OOD_FILES.values()],
     )
     out = args.out or REPO / "benchmarks" / "out" / "repro_nc_control"
-    out.mkdir(parents=True, exist_ok=True)
-    for f in ("ood.csv", "collapse.csv", "transfer.csv", "correlation.csv"):
-        (out / f).unlink(missing_ok=True)
-    train = spec(args.data_dir, "cifar10_train.npz", "cifar10-train", args.train_n)
-    test = spec(args.data_dir, "cifar10_test.npz", "cifar10", args.eval_n)
-    oods = [spec(args.data_dir, f, name, args.eval_n) for name, f in OOD_FILES.items()]
     transfer = [
         spec(args.data_dir, "cifar10jpeg75_test.npz", "cifar10-jpeg75", args.eval_n),
         spec(args.data_dir, "cifar100mix_test.npz", "cifar100-labels", args.eval_n),
     ]
     total = Timer()
-    for seed in range(args.seeds):
-        for mode in RECIPES:
-            t = Timer()
-            ckpt = out / f"{args.arch}-{mode.replace('+', '-')}-seed{seed}.safetensors"
-            _, hist = finetune(
-                None,
-                arch=args.arch,
-                data=train,
-                mode=mode,
-                epochs=args.epochs,
-                seed=seed,
-                out=ckpt,
-                batch_size=args.batch_size,
-                device=args.device,
-                progress=not args.quiet,
-                projector_dim=args.projector_dim,
-            )
-            res = layers(
-                str(ckpt),
-                test,
-                oods,
-                train,
-                scorers=SCORERS,
-                out=out,
-                group=mode,
-                seed=seed,
-                device=args.device,
-                progress=not args.quiet,
-                cache_dir=out / "cache",
-                transfer=transfer,
-            )
-            print(
-                f"[seed {seed} {mode}] train acc {hist[-1]['train_acc']:.3f}, test acc {res.id_accuracy:.4f}, "
-                f"{t}",
-                flush=True,
-            )
+    run_recipes(args, out, RECIPES, SCORERS, finetune_options={"projector_dim": args.projector_dim},
+                transfer=transfer)
     ood = pd.read_csv(out / "ood.csv")
     collapse = pd.read_csv(out / "collapse.csv")
     transfer_df = pd.read_csv(out / "transfer.csv")
