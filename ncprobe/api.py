@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import __version__
@@ -155,9 +156,9 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
 
     if fit_split is not None:
         check_labels(id_source, ckpt.num_classes, "ID")
+        fit_idx, id_idx = stratified_split(np.asarray(id_source.labels), float(fit_split), seed)
+        check_class_sizes(id_source.labels[fit_idx], score_names)  # before any forward pass
         id_all = feats(id_source)
-        fit_idx, id_idx = stratified_split(id_all.labels, float(fit_split), seed)
-        check_class_sizes(id_all.labels[fit_idx], score_names)
         fit_fs, id_fs = id_all.subset(fit_idx), id_all.subset(id_idx)
         fit_fs.name = f"{id_source.name}[fit {fit_split}]"
         id_name = f"{id_source.name}[rest]"
