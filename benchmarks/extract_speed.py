@@ -15,13 +15,13 @@ import time
 import numpy as np
 import torch
 
-from ncprobe.checkpoint.archs.registry import create_model, get_arch
-from ncprobe.checkpoint.types import LoadedCheckpoint
+from ncprobe.checkpoint.loaded import LoadedCheckpoint
 from ncprobe.data.loader import batch_loader
 from ncprobe.data.source import DataSource
 from ncprobe.data.transforms import Preprocess
 from ncprobe.device import resolve_device
 from ncprobe.features import extract_features
+from ncprobe.models.registry import create_model, get_arch
 
 
 def bare_loop(model, source, batch_size, dev, preprocess):

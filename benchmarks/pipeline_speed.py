@@ -25,10 +25,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ncprobe.api import layers as run_layers
-from ncprobe.checkpoint import create_model, load_checkpoint
-from ncprobe.checkpoint.types import LoadedCheckpoint
+from ncprobe.checkpoint import load_checkpoint
+from ncprobe.checkpoint.loaded import LoadedCheckpoint
 from ncprobe.data import load_dataset
 from ncprobe.data.transforms import Preprocess
+from ncprobe.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["layer1", "layer2", "layer3", "penultimate"]

@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import __version__
 from .checkpoint import load_checkpoint
-from .checkpoint.types import LoadedCheckpoint
+from .checkpoint.loaded import LoadedCheckpoint
 from .data import fit_spec_for, load_dataset
 from .data.source import DataSource
 from .errors import NcprobeError
@@ -75,9 +75,7 @@ def as_source(spec, *, data_root=None, download=False, default_split="test") -> 
 
 
 def mode_of(ckpt: LoadedCheckpoint) -> str:
-    """The NC-control recipe an ncprobe checkpoint was trained with ('' for other checkpoints)."""
-    meta = ckpt.metadata.get("ncprobe") or {}
-    return str(meta.get("mode") or ckpt.metadata.get("mode") or "")
+    return ckpt.mode
 
 
 def evaluate(checkpoint, data, *, device=None, batch_size=256, cache_dir=None, use_cache=True, progress=True,

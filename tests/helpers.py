@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ncprobe.checkpoint.types import LoadedCheckpoint
+from ncprobe.checkpoint.loaded import LoadedCheckpoint
 from ncprobe.data.source import DataSource
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import ncprobe.checkpoint.archs as archs_pkg
-from ncprobe.checkpoint import create_model, get_arch, list_archs
-from ncprobe.checkpoint.archs.cifar_resnet import OptionAShortcut
-from ncprobe.checkpoint.external import build_on_meta
+import ncprobe.models.families as archs_pkg
 from ncprobe.errors import CheckpointError
+from ncprobe.models import create_model, get_arch, list_archs
+from ncprobe.models.families.resnet_6n2 import OptionAShortcut
+from ncprobe.models.introspect import build_on_meta
 
 
 def _params(name, num_classes=10) -> int:
@@ -93,7 +93,7 @@ def test_names_patterns_and_errors():
 
 
 def test_every_module_in_the_archs_package_registers():
-    """archs/__init__ imports its modules dynamically, so a new family (small_cnn) needs no edit."""
+    """models/families imports its modules dynamically, so a new family (small_cnn) needs no edit."""
     for info in pkgutil.iter_modules(archs_pkg.__path__):
         assert f"{archs_pkg.__name__}.{info.name}" in sys.modules
     families = {get_arch(n).family for n in list_archs()}

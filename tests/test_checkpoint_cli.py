@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ncprobe.checkpoint import create_model
 from ncprobe.cli import main
+from ncprobe.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,11 @@ import torch
 import torch.serialization as ser
 from torch import nn
 
-from ncprobe.checkpoint import create_model, load_checkpoint
+from ncprobe.checkpoint import load_checkpoint
 from ncprobe.checkpoint.describe import layer_shapes
 from ncprobe.checkpoint.state_dict import WRAPPER_KEYS, strip_prefix_variants
 from ncprobe.errors import CheckpointError
+from ncprobe.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "empty_registry")
 
@@ -259,9 +260,9 @@ def test_user_class_from_file_and_module(tmp_path, monkeypatch):
     assert ckpt.arch == "mymodels_ckpt_test:Net" and _same_logits(net, ckpt.model)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ncprobe.finetune.io") is None, reason="ncprobe.finetune.io not present")
+@pytest.mark.skipif(importlib.util.find_spec("ncprobe.models.ncprobe_format") is None, reason="ncprobe.models.ncprobe_format not present")
 def test_ncprobe_checkpoint_rebuilds_from_its_metadata(tmp_path):
-    from ncprobe.finetune.io import build_model_from_meta, save_checkpoint
+    from ncprobe.models.ncprobe_format import build_model_from_meta, save_checkpoint
 
     meta = {"arch": "cifar_resnet20", "mode": "ce", "num_classes": 4, "input_size": [3, 32, 32],
             "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}

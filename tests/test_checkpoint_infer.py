@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ncprobe.checkpoint import create_model, load_checkpoint
+from ncprobe.checkpoint import load_checkpoint
 from ncprobe.checkpoint.infer import infer_arch
 from ncprobe.errors import CheckpointError
+from ncprobe.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "empty_registry")
 

@@ -12,9 +12,10 @@ import torch
 import yaml
 
 import ncprobe
-from ncprobe.checkpoint import catalog, create_model, load_checkpoint
+from ncprobe.checkpoint import catalog, load_checkpoint
 from ncprobe.checkpoint import loader as loader_mod
 from ncprobe.errors import CheckpointError
+from ncprobe.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

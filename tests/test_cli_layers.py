@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ncprobe.api import COLLAPSE_COLUMNS, OOD_COLUMNS
-from ncprobe.checkpoint.archs.registry import create_model
 from ncprobe.cli import main
+from ncprobe.models.registry import create_model
 
 ID = "digits:test@classes=0-3"
 FIT = "digits:train@classes=0-3"

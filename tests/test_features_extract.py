@@ -65,7 +65,7 @@ def test_timm_model_matches():
 
 
 def test_cifar_resnet_matches():
-    from ncprobe.checkpoint.archs.registry import create_model, get_arch
+    from ncprobe.models.registry import create_model, get_arch
 
     spec = get_arch("cifar_resnet20")
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def test_unhookable_model_probes_logits_only():
     model = TinyNet(4).eval()
     ckpt = make_checkpoint(model, "head", ["stage1"])
     ckpt.model = torch.jit.script(model)
-    ckpt.metadata["hookable"] = False
+    ckpt.hookable = False
     src = make_source(n=9)
     fs = extract_features(ckpt, src, use_cache=False, progress=False)
     assert fs.layers == ["logits"]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ncprobe.errors import NcprobeError
-from ncprobe.finetune.heads import (
+from ncprobe.models.nc_heads import (
     MODES,
     L2Normalize,
     NCModel,

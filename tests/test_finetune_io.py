@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 import ncprobe
 from ncprobe.errors import CheckpointError
-from ncprobe.finetune.io import build_model_from_meta, read_meta, save_checkpoint
+from ncprobe.models.ncprobe_format import build_model_from_meta, read_meta, save_checkpoint
 
 
 def _meta(mode, **kw):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ncprobe.errors import NcprobeError
-from ncprobe.finetune.io import read_meta
 from ncprobe.finetune.train import default_lr, finetune, lr_factor, resume_path
+from ncprobe.models.ncprobe_format import read_meta
 
 DIGITS = "digits:train@classes=0-5"
 FAST = dict(arch="small_cnn", data=DIGITS, batch_size=64, limit_batches=3, progress=False, flip=False)
@@ -151,7 +151,7 @@ def test_real_checkpoint_wrap_and_finetune(shared_data, tmp_path):
     """The public CIFAR-10 ResNet-20: wrapping in ce mode keeps its logits exactly; a one-batch
     etf fine-tune writes a checkpoint that loads back with the projector as a probe point."""
     from ncprobe.checkpoint import load_checkpoint
-    from ncprobe.finetune.heads import wrap_model
+    from ncprobe.models.nc_heads import wrap_model
 
     src = str(shared_data / "checkpoints" / "resnet20-12fca82f.th")
     ck = load_checkpoint(src)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .types import LoadedCheckpoint
+from .loaded import LoadedCheckpoint
 
 
 def _shape(out: Any) -> tuple[int, ...] | None:
@@ -75,7 +75,7 @@ def describe(ckpt: LoadedCheckpoint, *, shapes: bool = True) -> dict[str, Any]:
         "dataset": (md.get("registry") or {}).get("dataset"),
         "note": md.get("note"),
         "file_extras": md.get("file_extras") or {},
-        "training": _training(md.get("ncprobe")),
+        "training": _training(ckpt.recipe),
     }
     if shapes:
         info["shapes"] = {k: (list(v) if v is not None else None) for k, v in layer_shapes(ckpt).items()}

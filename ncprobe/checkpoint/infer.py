@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .archs.registry import ArchSpec, family_inferrers, get_arch, list_archs
-from .external import build_on_meta
+from ..models.introspect import build_on_meta
+from ..models.registry import family_inferrers, get_arch, list_archs
+from ..models.spec import ArchSpec
 from .state_dict import apply_aliases, shapes_of, strip_prefix_variants
 
 Shapes = dict[str, tuple[int, ...]]

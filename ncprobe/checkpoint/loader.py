@@ -18,13 +18,17 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..models.external import timm_create
+from ..models.introspect import default_probe_layers, find_head, guess_input_size
+from ..models.ncprobe_format import build_model_from_meta
+from ..models.registry import get_arch, list_archs
+from ..models.spec import IMAGENET_MEAN, IMAGENET_STD, ArchSpec
 from . import catalog
-from .archs.registry import ArchSpec, get_arch, list_archs
-from .external import default_probe_layers, find_head, guess_input_size, timm_create
 from .files import RawCheckpoint, _short, read_checkpoint, sha256_file
 from .infer import Match, best_match, infer_arch
+from .loaded import LoadedCheckpoint
+from .scripted import eager_from_scripted
 from .state_dict import PROFILER_SUFFIXES, is_bn_counter
-from .types import IMAGENET_MEAN, IMAGENET_STD, LoadedCheckpoint
 
 RANK = {"flag": 5, "file": 4, "registry": 3, "inferred": 2, "default": 1}
 _WHO = {"flag": "--arch", "file": "the file's metadata", "registry": "the checkpoint registry"}
@@ -204,39 +208,6 @@ def _instantiate(spec: ArchSpec, m: Match) -> nn.Module:
     return model
 
 
-class _ScriptedLayer(nn.Module):
-    """An eager shell around one TorchScript submodule, so forward hooks work on it."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x)
-
-
-def _eager_from_scripted(module: torch.jit.ScriptModule) -> nn.Module:
-    """A scripted ``nn.Sequential`` as an eager Sequential (Linear children become real Linears)."""
-    if getattr(module, "original_name", "") != "Sequential":
-        return module
-    layers = []
-    for name, child in module.named_children():
-        if getattr(child, "original_name", "") == "Linear":
-            w = child.weight.detach()
-            b = getattr(child, "bias", None)
-            lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
-            with torch.no_grad():
-                lin.weight.copy_(w)
-                if b is not None:
-                    lin.bias.copy_(b.detach())
-            layers.append((name, lin))
-        else:
-            layers.append((name, _ScriptedLayer(child)))
-    from collections import OrderedDict
-
-    return nn.Sequential(OrderedDict(layers))
-
-
 def _finish_device(model: nn.Module, map_location) -> nn.Module:
     if isinstance(map_location, (str, torch.device)):
         try:
@@ -323,6 +294,8 @@ def _result(model: nn.Module, facts: _Facts, *, sha256: str, source: str, metada
         probe_layers=list(facts.get("probe_layers") or []),
         origin=origin,
         metadata=metadata,
+        hookable=bool(metadata.get("hookable", True)),
+        recipe=metadata.get("ncprobe"),
     )
 
 
@@ -451,7 +424,7 @@ def load_checkpoint(
             _spec_facts(facts, spec, inf.match)
             meta.update(stripped_prefixes=list(inf.match.stripped), aliased_keys=inf.match.aliased)
         elif raw.module is not None:  # TorchScript of an unknown architecture
-            model = _eager_from_scripted(raw.module)
+            model = eager_from_scripted(raw.module)
             _module_facts(facts, model, path, f"torchscript:{getattr(raw.module, 'original_name', 'Module')}")
             hookable = not isinstance(model, torch.jit.ScriptModule)
             meta["hookable"] = hookable
@@ -494,12 +467,6 @@ def _module_facts(facts: _Facts, model: nn.Module, path: Path, arch: str) -> Non
 
 
 def _from_ncprobe(raw: RawCheckpoint, meta: dict, facts: _Facts) -> nn.Module:
-    try:
-        from ..finetune.io import build_model_from_meta
-    except ImportError as exc:
-        raise CheckpointError(
-            f"checkpoint {raw.path} was written by ncprobe finetune, but ncprobe.finetune.io cannot be imported ({exc})"
-        ) from None
     model, head, probes = build_model_from_meta(meta)
     try:
         model.load_state_dict(raw.state_dict, strict=True)

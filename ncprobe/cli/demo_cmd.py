@@ -19,6 +19,6 @@ def command(out, epochs, seed, quiet):
     Near-OOD: digits 6-9. Far-OOD: crops of scikit-learn's sample photographs. Plus Gaussian noise.
     Everything it needs ships with the install; it takes a minute or two on a laptop CPU.
     """
-    from ..finetune.demo import run_demo
+    from ..demo import run_demo
 
     run_demo(out, epochs=epochs, seed=seed, progress=not quiet, cache_dir=out / "cache")

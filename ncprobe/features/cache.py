@@ -18,7 +18,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .featureset import FeatureSet
 
@@ -30,17 +29,6 @@ def default_cache_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path("~/.cache/ncprobe/features").expanduser()
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer, for checkpoints that have no file to hash."""
-    h = hashlib.sha256()
-    for name, tensor in list(model.state_dict().items()):
-        h.update(name.encode())
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def cache_key(checkpoint_id: str, dataset_fingerprint: str, preprocess: dict, layers: list[str], reduction: str) -> str:

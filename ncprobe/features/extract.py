@@ -14,7 +14,7 @@ from contextlib import ExitStack, nullcontext
 import numpy as np
 import torch
 
-from ..checkpoint.types import LoadedCheckpoint
+from ..checkpoint.loaded import LoadedCheckpoint
 from ..data.loader import batch_loader
 from ..data.source import DataSource
 from ..data.transforms import Preprocess
@@ -70,11 +70,7 @@ def _channels_last_hints(ckpt: LoadedCheckpoint) -> set[str]:
 def checkpoint_id(ckpt: LoadedCheckpoint) -> str:
     if ckpt.sha256:
         return ckpt.sha256
-    fp = ckpt.metadata.get("_weights_fingerprint")
-    if fp is None:
-        fp = feature_cache.weights_fingerprint(ckpt.model)
-        ckpt.metadata["_weights_fingerprint"] = fp
-    return fp
+    return ckpt.weights_fingerprint
 
 
 def extract_features(
@@ -104,7 +100,7 @@ def extract_features(
     dev = resolve_device(device)
     use_amp = (dev.type == "cuda") if amp is None else bool(amp)
     names = resolve_layers(ckpt.model, ckpt.head_name, ckpt.probe_layers, layers)
-    if ckpt.metadata.get("hookable") is False:  # e.g. a TorchScript archive: no forward hooks
+    if not ckpt.hookable:  # e.g. a TorchScript archive: no forward hooks
         if layers not in (None, []):
             raise NcprobeError(f"{ckpt.name} is a scripted model whose layers cannot be hooked; only its logits can be "
                                f"probed: drop --layers, or load the eager model with --arch")

@@ -1,6 +1,7 @@
 """Fine-tuning with neural-collapse controls: L2-normalized features (Haas et al. 2023), a fixed
 simplex-ETF projector and the KoLeo entropy regularizer (Harun et al. 2025).
 
-Import the pieces from their modules (``heads``, ``losses``, ``io``, ``train``); importing this
-package stays cheap so that ``ncprobe.checkpoint`` can call :func:`ncprobe.finetune.io.build_model_from_meta`.
+The heads live in :mod:`ncprobe.models.nc_heads` and the checkpoint format in
+:mod:`ncprobe.models.ncprobe_format`; this package holds the losses, the augmentation and the
+training loop (:func:`ncprobe.finetune.train.finetune`).
 """

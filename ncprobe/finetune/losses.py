@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .heads import ENTROPY_MODES, ETF_MODES, check_mode
+from ..models.nc_heads import ENTROPY_MODES, ETF_MODES, check_mode
 
 KOLEO_EPS = 1e-8
 

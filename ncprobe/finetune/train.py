@@ -1,7 +1,7 @@
 """The training loop behind ``ncprobe finetune``.
 
 Trains from scratch (``arch``) or fine-tunes a checkpoint (``source_ckpt``) with one of the
-neural-collapse controls of :mod:`ncprobe.finetune.heads`, and writes an ncprobe checkpoint
+neural-collapse controls of :mod:`ncprobe.models.nc_heads`, and writes an ncprobe checkpoint
 (``out``, .safetensors) plus a resume state (``<out>.resume.pt``) after every epoch.
 
 Recipe: SGD (momentum 0.9) or AdamW; linear warm-up then cosine decay to 0, stepped per batch;
@@ -24,9 +24,9 @@ import torch
 
 from ..device import resolve_device
 from ..errors import CheckpointError, DatasetError, NcprobeError
+from ..models.nc_heads import CE_HEAD_MODES, ETF_MODES, MODES, check_mode, wrap_model
+from ..models.ncprobe_format import _jsonable, build_model_from_meta, create_base, save_checkpoint
 from .augment import crop_padding, random_crop_flip
-from .heads import CE_HEAD_MODES, ETF_MODES, MODES, check_mode, wrap_model
-from .io import _jsonable, build_model_from_meta, create_base, save_checkpoint
 from .losses import NCLoss, default_label_smoothing
 
 OPTIMIZERS = ("sgd", "adamw")

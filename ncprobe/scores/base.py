@@ -106,6 +106,14 @@ class Scorer:
     input: str = "features"  # "features" | "logits"
     needs_head: bool = False
     needs_labels: bool = False
+    #: in the default ``--scorers`` set (the registry lists the defaults from this flag)
+    default: bool = False
+    #: fewest fit samples a class needs (GDA: 2, for a covariance); checked before any forward pass
+    min_per_class: int = 1
+    #: the paper, as "Authors, Venue Year" (the README's scorer table is generated from it)
+    paper: str = ""
+    #: tunable hyper-parameters and the grid each is searched over on a validation OOD set
+    grid: dict = {}
     #: rows scored per batch; None: about ``batch_values`` values per batch (bounded memory)
     batch_size: int | None = None
     batch_values: int = 1 << 21

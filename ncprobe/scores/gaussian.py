@@ -85,6 +85,8 @@ class Mahalanobis(_SharedGaussian):
     score = -min_c (z - mu_c)^T Sigma_W^+ (z - mu_c), Sigma_W the shared within-class covariance."""
 
     name = "mahalanobis"
+    default = True
+    paper = "Lee et al., NeurIPS 2018"
 
     def __init__(self, rcond: float | None = None):
         super().__init__()
@@ -104,6 +106,8 @@ class RMDS(_SharedGaussian):
     score = -min_c [MD_c(z) - MD_0(z)], MD_0 under one Gaussian N(mean, total covariance) of all fit data."""
 
     name = "rmds"
+    default = True
+    paper = "Ren et al., arXiv 2021"
 
     def __init__(self, rcond: float | None = None):
         super().__init__()
@@ -134,6 +138,9 @@ class GDA(Scorer):
     """
 
     name = "gda"
+    default = True
+    paper = "Mukhoti et al., CVPR 2023"
+    min_per_class = 2
     needs_labels = True
 
     def __init__(self, jitter: float = 1e-12):

@@ -17,6 +17,8 @@ class FeatNorm(Scorer):
     score = ||z||_2."""
 
     name = "featnorm"
+    default = True
+    paper = "Haas, Yolland & Rabus, TMLR 2023"
 
     def __init__(self):
         super().__init__()
@@ -47,6 +49,8 @@ class NCC(Scorer):
     """
 
     name = "ncc"
+    default = True
+    paper = "Papyan, Han & Donoho, PNAS 2020"
     needs_labels = True
 
     def __init__(self, center: bool = True):

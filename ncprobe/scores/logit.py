@@ -31,6 +31,8 @@ class MSP(_LogitScorer):
     score = max_c softmax(l)_c = 1 / sum_c exp(l_c - max l)."""
 
     name = "msp"
+    default = True
+    paper = "Hendrycks & Gimpel, ICLR 2017"
 
     def __init__(self):
         super().__init__()
@@ -45,6 +47,8 @@ class MaxLogit(_LogitScorer):
     score = max_c l_c."""
 
     name = "maxlogit"
+    default = True
+    paper = "Hendrycks et al., ICML 2022"
 
     def __init__(self):
         super().__init__()
@@ -59,6 +63,8 @@ class Energy(_LogitScorer):
     score = T logsumexp_c(l_c / T), T = 1 by default."""
 
     name = "energy"
+    default = True
+    paper = "Liu et al., NeurIPS 2020"
 
     def __init__(self, T: float = 1.0):
         super().__init__()
@@ -76,6 +82,8 @@ class GEN(_LogitScorer):
     score = -sum_{j in top-M} p_j^gamma (1 - p_j)^gamma, p = softmax(l), M = min(M, C), gamma = 0.1."""
 
     name = "gen"
+    default = True
+    paper = "Liu, Lochman & Zach, CVPR 2023"
 
     def __init__(self, gamma: float = 0.1, M: int = 100):
         super().__init__()

@@ -1,4 +1,9 @@
-"""Scorers by name: ``register_scorer`` (class decorator), ``get_scorer``, ``list_scorers``."""
+"""Scorers by name: ``register_scorer`` (class decorator), ``get_scorer``, ``list_scorers``.
+
+The registry is the one source of every scorer list: ``list_scorers()`` is ``--scorers all``,
+``default_scorers()`` the default set (the classes marked ``default = True``), and
+``scorers_help()`` the ``--scorers`` help text.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import inspect
 from ..errors import ScoringError
 from .base import Scorer
 
-__all__ = ["register_scorer", "get_scorer", "list_scorers", "scorer_class"]
+__all__ = ["register_scorer", "get_scorer", "list_scorers", "default_scorers", "scorer_class", "scorers_help"]
 
 _REGISTRY: dict[str, type[Scorer]] = {}
 
@@ -26,8 +31,26 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
 
 
 def list_scorers() -> list[str]:
-    """Registered scorer names, sorted."""
+    """Registered scorer names, sorted: what ``--scorers all`` runs."""
     return sorted(_REGISTRY)
+
+
+def default_scorers() -> list[str]:
+    """The default set (classes marked ``default = True``) in registration order, the order of the
+    tables' columns."""
+    return [name for name, cls in _REGISTRY.items() if cls.default]
+
+
+def scorers_help() -> str:
+    """The ``--scorers`` help text, from the registry."""
+    logit = [n for n in default_scorers() if _REGISTRY[n].input == "logits"]
+    feature = [n for n in default_scorers() if _REGISTRY[n].input != "logits"]
+    others = [n for n in list_scorers() if not _REGISTRY[n].default]
+    text = (f"Comma-separated scorers, or 'all' for every registered one (default: {len(logit) + len(feature)}). "
+            f"Feature scorers: {', '.join(feature)}. Logit scorers: {', '.join(logit)}.")
+    if others:
+        text += f" Also: {', '.join(others)}."
+    return text
 
 
 def scorer_class(name: str) -> type[Scorer]:

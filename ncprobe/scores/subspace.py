@@ -39,6 +39,8 @@ class ViM(Scorer):
     """
 
     name = "vim"
+    default = True
+    paper = "Wang et al., CVPR 2022"
     needs_head = True
 
     def __init__(self, dim: int | None = None):
@@ -89,6 +91,8 @@ class NECO(Scorer):
     """
 
     name = "neco"
+    default = True
+    paper = "Ammar et al., ICLR 2024"
     needs_head = True
 
     def __init__(self, dim: int | None = None, maxlogit: bool = False):

@@ -5,6 +5,8 @@ registry name, ``timm:NAME`` or ``file.py:Class``), ``mode``, ``num_classes``, `
 ``std``, ``head`` (head options, e.g. ``projector_dim``), ``config`` (the training arguments),
 ``history`` (one dict per epoch) and ``ncprobe_version``. :func:`build_model_from_meta` rebuilds the
 (uninitialized) model; ``ncprobe.checkpoint.load_checkpoint`` then loads the weights strictly.
+The module sits with the models because the format is a description of a network, not a way of
+reading arbitrary files.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from pathlib import Path
 
 from torch import nn
 
+from .. import __version__
 from ..errors import CheckpointError
-from .heads import ETF_MODES, check_mode, wrap_model
+from .nc_heads import ETF_MODES, check_mode, wrap_model
+from .registry import create_model, get_arch
 
 FORMAT = "ncprobe"
 META_KEYS = ("arch", "mode", "num_classes", "input_size", "mean", "std", "head", "config", "history",
@@ -45,11 +49,9 @@ def save_checkpoint(path, model: nn.Module, meta: dict) -> Path:
     """
     from safetensors.torch import save_file
 
-    import ncprobe
-
     path = Path(path)
     meta = dict(meta)
-    meta.setdefault("ncprobe_version", ncprobe.__version__)
+    meta.setdefault("ncprobe_version", __version__)
     missing = [k for k in ("arch", "mode", "num_classes") if k not in meta]
     if missing:
         raise ValueError(f"save_checkpoint: meta lacks {missing}")
@@ -91,9 +93,6 @@ def create_base(arch: str, num_classes: int) -> tuple[nn.Module, str, list[str],
     ``get_classifier()``) or ``file.py:Class`` / ``pkg.module:Class``. Returns (model, head_name,
     probe_layers, defaults) where defaults holds the architecture's ``input_size``, ``mean``, ``std``.
     """
-    # importing the archs package registers every family (small_cnn included)
-    from ..checkpoint.archs import create_model, get_arch
-
     spec = get_arch(arch)
     model = create_model(arch, num_classes=int(num_classes))
     defaults = {"input_size": tuple(spec.input_size), "mean": tuple(spec.mean), "std": tuple(spec.std)}

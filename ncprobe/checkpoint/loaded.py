@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -34,7 +33,24 @@ class LoadedCheckpoint:
     name: str  # short display name (registry name or file stem)
     probe_layers: list[str] = field(default_factory=list)  # default probe points, stem to head
     origin: dict[str, str] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)  # registry entry, training config, ...
+    metadata: dict[str, Any] = field(default_factory=dict)  # a record for `inspect`: format, registry entry, ...
+    #: False for a TorchScript module that takes no forward hooks: only its logits can be probed
+    hookable: bool = True
+    #: the fine-tuning recipe stored in an ncprobe checkpoint (mode, head, config, history), else None
+    recipe: dict[str, Any] | None = None
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def mode(self) -> str:
+        """The NC-control recipe an ncprobe checkpoint was trained with ('' for other checkpoints)."""
+        return str((self.recipe or {}).get("mode") or "")
+
+    @property
+    def weights_fingerprint(self) -> str:
+        """A hash of the weights (computed once): identifies a checkpoint that has no file hash."""
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.model)
+        return self._fingerprint
 
     @property
     def head(self) -> nn.Module:
@@ -48,10 +64,19 @@ class LoadedCheckpoint:
         w = head.weight.detach().to("cpu", torch.float64).numpy()
         b = None if head.bias is None else head.bias.detach().to("cpu", torch.float64).numpy()
         if b is None:
-            import numpy as np
-
             b = np.zeros(w.shape[0])
         return w, b
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer, for checkpoints that have no file to hash."""
+    h = hashlib.sha256()
+    for name, tensor in list(model.state_dict().items()):
+        h.update(name.encode())
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

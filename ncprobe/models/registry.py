@@ -8,41 +8,19 @@ Besides fixed names (``register_arch``) the registry knows:
   shapes and proposes the few members of its family worth comparing (e.g. the depth from the
   number of blocks), so architecture inference never builds a 1202-layer model needlessly;
 * ``timm:NAME`` and ``path/to/file.py:Class`` / ``pkg.module:Class`` names, resolved lazily by
-  :mod:`ncprobe.checkpoint.external`.
+  :mod:`ncprobe.models.external`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import nn
 
-from ...errors import CheckpointError
-from ..types import IMAGENET_MEAN, IMAGENET_STD
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """How to build one architecture and what it looks like from outside."""
-
-    name: str
-    builder: Callable[..., nn.Module]  # builder(num_classes=...) -> nn.Module
-    head: str  # dotted path of the classifier module
-    probe_layers: tuple[str, ...]  # default probe points (block groups), stem to head
-    input_size: tuple[int, int, int] = (3, 32, 32)
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    family: str = ""
-    description: str = ""
-    default_num_classes: int = 10
-    extra: dict = field(default_factory=dict)
-    # extra keys understood by the loader:
-    #   key_aliases: {"fc.": "linear."} -- checkpoint key prefixes renamed before matching
-    #   accepts_num_classes: False -- the builder ignores num_classes (user classes)
-    #   defaults_origin: origin of input_size/mean/std ('default' unless said otherwise)
-
+from ..errors import CheckpointError
+from .external import external_spec
+from .spec import ArchSpec
 
 _ARCHS: dict[str, ArchSpec] = {}
 _DYNAMIC: dict[str, ArchSpec] = {}  # pattern / timm / user-class specs, built on first use
@@ -98,8 +76,6 @@ def get_arch(name: str) -> ArchSpec:
                 _DYNAMIC[name] = spec
                 return spec
     if name.startswith("timm:") or ":" in name:
-        from ..external import external_spec  # lazy: timm is slow to import
-
         spec = external_spec(name)
         _DYNAMIC[name] = spec
         return spec

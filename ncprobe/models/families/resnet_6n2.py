@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import ArchSpec, register_arch, register_arch_inferrer, register_arch_pattern
+from ..registry import register_arch, register_arch_inferrer, register_arch_pattern
+from ..spec import ArchSpec
 
 FAMILY = "cifar_resnet"
 DEPTHS = (20, 32, 44, 56, 110, 1202)

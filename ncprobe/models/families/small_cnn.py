@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import register_arch
+from ..registry import register_arch
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import ArchSpec, register_arch, register_arch_inferrer, register_arch_pattern
+from ..registry import register_arch, register_arch_inferrer, register_arch_pattern
+from ..spec import ArchSpec
 
 FAMILY = "wide_resnet"
 PROBE = ("layer1", "layer2", "layer3")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register_arch, register_arch_inferrer
+from ..registry import register_arch, register_arch_inferrer
 
 FAMILY = "resnet_cifar"
 PROBE = ("layer1", "layer2", "layer3", "layer4")

@@ -24,6 +24,8 @@ class ProbeEnergy(Scorer):
     """
 
     name = "probe_energy"
+    default = True
+    paper = "Harun, Gallardo & Kanan, ICML 2025"
     needs_labels = True
 
     def __init__(self, temperature: float = 1.0, c: float = 1.0, max_iter: int = 200, seed: int = 0):
