@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ncprobe.checkpoint.loaded import LoadedCheckpoint
-from ncprobe.data.loader import batch_loader
+from ncprobe.data.batches import batch_loader
 from ncprobe.data.source import DataSource
 from ncprobe.data.transforms import Preprocess
 from ncprobe.device import resolve_device

@@ -191,7 +191,7 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
     for key, value in meta.items():
         ood_table[key] = value
     ood_table = ood_table.reindex(columns=OOD_COLUMNS)
-    from .probe import (  # scipy.stats and sklearn: only for this job
+    from .transfer import (  # scipy.stats and sklearn: only for this job
         correlation_frame,
         transfer_frame,
     )

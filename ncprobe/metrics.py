@@ -24,35 +24,15 @@ import math
 
 import numpy as np
 
-from .errors import ScoringError
+from .validation import check_scores
 
 __all__ = ["auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_oodpos", "ood_metrics"]
 
 
-def _check(scores, which: str) -> np.ndarray:
-    if hasattr(scores, "detach"):
-        scores = scores.detach().cpu().numpy()
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim > 1 and s.size == max(s.shape):
-        s = s.reshape(-1)
-    if s.ndim != 1:
-        raise ScoringError(
-            f"{which} scores must be a 1-D array, got shape {s.shape}; pass one score per sample"
-        )
-    if s.size == 0:
-        raise ScoringError(f"the {which} score set is empty; pass at least one {which} sample")
-    bad = int(np.count_nonzero(~np.isfinite(s)))
-    if bad:
-        raise ScoringError(
-            f"{bad} of {s.size} {which} scores are NaN or inf; fix the features/scorer that produced them"
-        )
-    return s
-
-
 def _curves(id_scores, ood_scores):
     """Per distinct score value, in DEScending order: (#ID, #OOD) with that value; plus set sizes."""
-    s_id = _check(id_scores, "ID")
-    s_ood = _check(ood_scores, "OOD")
+    s_id = check_scores(id_scores, "ID")
+    s_ood = check_scores(ood_scores, "OOD")
     values, inverse = np.unique(np.concatenate([s_id, s_ood]), return_inverse=True)
     n_id, n_ood = s_id.size, s_ood.size
     g = values.size

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import NcprobeError
-from .features.probes import LOGITS, PENULTIMATE
+from .features.probe_points import LOGITS, PENULTIMATE
 from .stats.accumulator import ClassStats
 from .stats.collapse import collapse_metrics
 

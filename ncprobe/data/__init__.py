@@ -1,12 +1,12 @@
 """Datasets: spec strings -> DataSource (raw uint8 images + labels), batching, preprocessing.
 
 ``load_dataset("cifar10:train@classes=0-5,n=1000")`` -> :class:`DataSource`; see
-:mod:`ncprobe.data.spec` for the grammar and :mod:`ncprobe.data.load` for the sources.
+:mod:`ncprobe.data.spec` for the grammar and :mod:`ncprobe.data.source_kinds` for the sources.
 """
 
-from .load import KNOWN_NAMES, default_data_root, fit_spec_for, load_dataset
-from .loader import batch_loader
+from .batches import batch_loader
 from .source import DataSource
+from .source_kinds import KNOWN_NAMES, default_data_root, fit_spec_for, load_dataset
 from .spec import DatasetSpec, parse_spec
 from .transforms import Preprocess
 

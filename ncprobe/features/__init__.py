@@ -2,6 +2,6 @@
 
 from .extract import extract_features, pool
 from .featureset import FeatureSet
-from .probes import LOGITS, PENULTIMATE, resolve_layers
+from .probe_points import LOGITS, PENULTIMATE, resolve_layers
 
 __all__ = ["FeatureSet", "extract_features", "pool", "resolve_layers", "PENULTIMATE", "LOGITS"]

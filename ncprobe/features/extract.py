@@ -15,14 +15,14 @@ import numpy as np
 import torch
 
 from ..checkpoint.loaded import LoadedCheckpoint
-from ..data.loader import batch_loader
+from ..data.batches import batch_loader
 from ..data.source import DataSource
 from ..data.transforms import Preprocess
 from ..device import resolve_device
 from ..errors import NcprobeError
 from . import cache as feature_cache
 from .featureset import FeatureSet
-from .probes import ALL, LOGITS, PENULTIMATE, resolve_layers
+from .probe_points import ALL, LOGITS, PENULTIMATE, resolve_layers
 
 REDUCTIONS = ("mean", "cls")
 

@@ -129,7 +129,7 @@ def _make_optimizer(model, name, lr, weight_decay, momentum):
 @torch.no_grad()
 def evaluate_accuracy(model, source, preprocess, device, batch_size=256, amp_dtype=None, limit_batches=None) -> float:
     """Top-1 accuracy of ``model`` on a labelled source (eval mode)."""
-    from ..data.loader import batch_loader
+    from ..data.batches import batch_loader
 
     was = model.training
     model.eval()
@@ -189,7 +189,7 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
     ``train_acc`` (on the augmented batches), ``val_acc`` (None without ``val``), ``lr`` (of the epoch's
     last step) and ``seconds``.
     """
-    from ..data.loader import batch_loader
+    from ..data.batches import batch_loader
     from ..data.transforms import Preprocess
 
     _check_args(source_ckpt, arch, mode, optimizer, epochs, batch_size, out)

@@ -24,8 +24,8 @@ __all__ = ["Scorer", "default_scorers", "get_scorer", "list_scorers", "register_
            "scorers_help"]
 
 # The first families in the order the tables show them (logit scores, Gaussian, neighbours,
-# subspace, geometry, linear probe); every other module of the package after them, by name.
-_FIRST = ("logit", "gaussian", "neighbours", "subspace", "geometry", "linear_probe")
+# subspace, geometry, probe energy); every other module of the package after them, by name.
+_FIRST = ("logit", "gaussian", "neighbours", "subspace", "geometry", "probe_energy")
 _SKIP = {"base", "registry"}
 
 

@@ -4,7 +4,7 @@ A scorer is sklearn-shaped: hyper-parameters are keyword arguments of ``__init__
 same names (shown by ``repr`` and ``get_params``), ``fit`` learns from the ID fit set and returns
 ``self``, ``score`` returns one float64 per row, HIGHER = MORE IN-DISTRIBUTION.
 
-Checks (each a one-line :class:`~ncprobe.errors.ScoringError`): empty fit or score input, rows with
+Checks (each a one-line :class:`~ncprobe.errors.ScoringError`, from :mod:`ncprobe.validation`): empty fit or score input, rows with
 NaN/inf (the message says how many), wrong width, labels not matching the rows, a missing head for
 scorers that need one, scoring before fitting. ``score`` works through the input in batches (by
 default as many rows as make ~2M values, at least 256: 8192 rows at d = 256, 1024 at d = 2048), so
@@ -18,84 +18,23 @@ import inspect
 import numpy as np
 
 from ..errors import ScoringError
-from ..stats.accumulator import ClassStats, as_numpy
+from ..stats.accumulator import ClassStats
+from ..validation import (
+    as_numpy,
+    check_class_labels,
+    check_head,
+    check_matrix,
+    count_nonfinite_rows,
+)
 
 __all__ = ["Scorer", "check_matrix", "check_labels", "check_head"]
-
-
-def check_matrix(x, what: str, dim: int | None = None, dtype=np.float64) -> np.ndarray:
-    """``x`` as a finite 2-D ``dtype`` array; ScoringError naming ``what`` otherwise."""
-    if x is None:
-        raise ScoringError(f"{what} are missing; pass an (n, d) array")
-    a = as_numpy(x, dtype)
-    if a.ndim == 1 and dim is not None and a.size == dim:
-        a = a[None, :]
-    if a.ndim != 2:
-        raise ScoringError(
-            f"{what} must be a 2-D (samples, dim) array, got shape {a.shape}; pool or flatten them"
-        )
-    if a.shape[0] == 0:
-        raise ScoringError(f"{what} are empty (0 rows); pass at least one sample")
-    if dim is not None and a.shape[1] != dim:
-        raise ScoringError(
-            f"{what} have width {a.shape[1]} but the scorer was fitted on width {dim}; use the same layer"
-        )
-    bad = _count_bad_rows(a)
-    if bad:
-        raise ScoringError(
-            f"{bad} of {a.shape[0]} rows of the {what} contain NaN or inf; drop or fix those rows first"
-        )
-    return a
-
-
-def _count_bad_rows(a: np.ndarray) -> int:
-    """Number of rows holding NaN or +-inf."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(a.sum()):  # a finite total proves every value finite: one fast pass
-            return 0
-    return int(a.shape[0] - np.count_nonzero(np.isfinite(a).all(axis=1)))
 
 
 def check_labels(labels, n: int) -> np.ndarray:
     """Integer labels, one per fit row, non-negative."""
     if labels is None:
         raise ScoringError("this scorer needs the class labels of the fit features; pass labels=")
-    y = as_numpy(labels)
-    if y.shape != (n,):
-        raise ScoringError(
-            f"got {n} fit feature rows but labels of shape {y.shape}; pass one label per row"
-        )
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise ScoringError("labels must be integer class indices; pass 0..C-1")
-    y = y.astype(np.int64)
-    if y.min() < 0:
-        raise ScoringError(
-            "labels must be >= 0; drop OOD/unlabelled rows (label < 0) from the fit set"
-        )
-    return y
-
-
-def check_head(head, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(W (C, d), b (C,)) as float64; b None means zeros."""
-    if head is None:
-        raise ScoringError(
-            "this scorer needs the classifier head (W, b); pass head=(W, b) of the layer's classifier"
-        )
-    try:
-        w, b = head
-    except (TypeError, ValueError):
-        raise ScoringError("head must be a pair (W (C, d), b (C,)); pass head=(W, b)") from None
-    w = as_numpy(w, np.float64)
-    b = np.zeros(w.shape[0]) if b is None else as_numpy(b, np.float64)
-    if w.ndim != 2 or w.shape[1] != dim or b.shape != (w.shape[0],):
-        raise ScoringError(
-            f"head shapes W {w.shape}, b {b.shape} do not fit features of width {dim}; "
-            "pass the classifier whose input is this layer"
-        )
-    if not (np.isfinite(w).all() and np.isfinite(b).all()):
-        raise ScoringError("the head (W, b) contains NaN or inf; check the checkpoint")
-    return w, b
+    return check_class_labels(labels, n)
 
 
 class Scorer:
@@ -210,7 +149,7 @@ class Scorer:
         rows = self.batch_size or max(256, self.batch_values // max(1, src.shape[1]))
         for s in range(0, n, rows):
             xb = as_numpy(src[s : s + rows], self._dtype)
-            nb = _count_bad_rows(xb)
+            nb = count_nonfinite_rows(xb)
             if nb or bad:
                 bad += nb
                 continue  # keep counting, stop scoring
@@ -231,8 +170,3 @@ class Scorer:
 
     def _score_batch(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
         raise NotImplementedError
-
-    def fit_score(self, fit_features, labels=None, x=None, head=None, stats=None) -> np.ndarray:
-        """``fit(...)`` then ``score(x)`` (``x`` defaults to the fit features)."""
-        self.fit(fit_features, labels, head=head, stats=stats)
-        return self.score(fit_features if x is None else x)

@@ -28,15 +28,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ScoringError
+from ..validation import as_numpy, check_class_labels, check_finite_rows
 
 __all__ = ["ClassStats", "as_numpy"]
-
-
-def as_numpy(a, dtype=None) -> np.ndarray:
-    """``a`` (numpy array, torch tensor, list) as a numpy array, without copying when possible."""
-    if hasattr(a, "detach"):  # torch.Tensor, without importing torch
-        a = a.detach().cpu().numpy()
-    return np.asarray(a, dtype=dtype)
 
 
 class ClassStats:
@@ -83,34 +77,13 @@ class ClassStats:
 
     def _check_batch(self, x, y) -> tuple[np.ndarray, np.ndarray]:
         x = as_numpy(x, np.float64)
-        y = as_numpy(y)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ScoringError(
                 f"features of shape {tuple(x.shape)} do not match ClassStats(dim={self.dim}); "
                 "use features of the same layer throughout"
             )
-        if y.shape != (x.shape[0],):
-            raise ScoringError(
-                f"got {x.shape[0]} feature rows but labels of shape {tuple(y.shape)}; "
-                "pass one label per row"
-            )
-        if y.size and not np.issubdtype(y.dtype, np.integer):
-            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-                raise ScoringError("labels must be integers; pass class indices 0..C-1")
-        y = y.astype(np.int64, copy=False)
-        if y.size and (y.min() < 0 or y.max() >= self.num_classes):
-            raise ScoringError(
-                f"labels must lie in 0..{self.num_classes - 1}, found {int(y.min())}..{int(y.max())}; "
-                "drop OOD/unlabelled rows or raise num_classes"
-            )
-        with np.errstate(over="ignore", invalid="ignore"):
-            all_finite = bool(np.isfinite(x.sum()))  # a finite total proves every value finite
-        bad = 0 if all_finite else int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
-        if bad:
-            raise ScoringError(
-                f"{bad} of {x.shape[0]} feature rows contain NaN or inf; "
-                "drop those rows or fix the model/inputs that produced them"
-            )
+        y = check_class_labels(y, x.shape[0], self.num_classes)
+        check_finite_rows(x, "feature rows", "drop those rows or fix the model/inputs that produced them")
         return x, y
 
     def update(self, x, y) -> ClassStats:

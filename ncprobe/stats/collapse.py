@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ScoringError
+from ..validation import as_numpy, check_finite_rows
 from ._threads import single_blas_thread
-from .accumulator import ClassStats, as_numpy
+from .accumulator import ClassStats
 
 __all__ = [
     "collapse_metrics",
@@ -178,9 +179,7 @@ def ncc_counts(stats: ClassStats, features, labels, head=None, batch_size: int =
     mismatch = 0
     for s in range(0, x.shape[0], batch_size):
         xb = as_numpy(x[s : s + batch_size], np.float64)
-        if not np.isfinite(xb).all():
-            bad = int((~np.isfinite(xb).all(axis=1)).sum())
-            raise ScoringError(f"{bad} feature rows contain NaN or inf; drop or fix them first")
+        check_finite_rows(xb, "feature rows")
         ncc = present[nearest_class_mean(xb, means, batch_size)]
         correct += int(np.sum(ncc == y[s : s + batch_size]))
         if head is not None:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import NcprobeError
-from ..features.probes import LOGITS
+from ..features.probe_points import LOGITS
 
 
 def split_indices(labels: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +28,7 @@ def split_indices(labels: np.ndarray, train_fraction: float, seed: int) -> tuple
     return np.sort(np.concatenate([train, idx[~ok]])), np.sort(test)
 
 
-def probe_accuracy(x_train, y_train, x_test, y_test, *, c: float = 1.0, max_iter: int = 300, seed: int = 0) -> float:
+def transfer_accuracy(x_train, y_train, x_test, y_test, *, c: float = 1.0, max_iter: int = 300, seed: int = 0) -> float:
     """Held-out accuracy of a standardized multinomial logistic regression (fixed budget)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -59,7 +59,7 @@ def transfer_frame(fs, name: str, *, train_fraction: float = 0.5, seed: int = 0,
         if layer == LOGITS and not include_logits:
             continue
         x = fs[layer]
-        acc = probe_accuracy(x[train], labels[train], x[test], labels[test], c=c, max_iter=max_iter, seed=seed)
+        acc = transfer_accuracy(x[train], labels[train], x[test], labels[test], c=c, max_iter=max_iter, seed=seed)
         rows.append({"transfer": name, "layer": layer, "layer_index": index, "dim": x.shape[1],
                      "transfer_acc": acc, "n_train": len(train), "n_test": len(test),
                      "transfer_classes": int(labels.max()) + 1})

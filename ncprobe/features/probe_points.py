@@ -18,22 +18,6 @@ LOGITS = "logits"
 ALL = "all"
 
 
-def default_probe_layers(model: nn.Module, head_name: str) -> list[str]:
-    """Generic block groups: top-level children that hold parameters and contain sub-modules.
-
-    Used when neither the architecture registry nor timm's ``feature_info`` names the stages.
-    """
-    names = []
-    for name, child in model.named_children():
-        if name == head_name.split(".")[0]:
-            continue
-        has_params = any(True for _ in child.parameters())
-        is_group = any(True for _ in child.children())
-        if has_params and is_group:
-            names.append(name)
-    return names
-
-
 def resolve_layers(model: nn.Module, head_name: str, default: list[str], layers) -> list[str]:
     """Turn the user's ``--layers`` into an ordered list of probe names.
 

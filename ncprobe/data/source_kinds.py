@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import difflib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -35,18 +37,123 @@ SYNTHETIC = ("digits", "noise", "patches")
 KNOWN_NAMES = tuple(TV_SETS) + SYNTHETIC
 
 _COMMON_OPTIONS = ("classes", "n", "seed")
-_OPTIONS_BY_KIND = {
-    "torchvision": _COMMON_OPTIONS,
-    "digits": _COMMON_OPTIONS,
-    "folder": _COMMON_OPTIONS,
-    "npz": _COMMON_OPTIONS + ("unlabelled",),
-    "noise": ("n", "seed", "size", "channels"),
-    "patches": ("n", "seed", "size", "channels"),
-}
+_GENERATED_OPTIONS = ("n", "seed", "size", "channels")
 _ACCEPTED = (
     "accepted: a name ({names}), a .npz file, an image folder, digits, noise:gaussian, noise:uniform "
     "or patches"
 )
+
+
+# ---------------------------------------------------------------- the kinds of source
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of dataset source and everything ``load_dataset`` does differently for it.
+
+    ``split(spec, key, default_split)`` -> the split to read (or None; raises for a bad one);
+    ``read(key, split, options, seed, root, download)`` -> (RawSet, content fingerprint, meta);
+    ``display(key, split, default_split)`` -> the short name shown in tables.
+    """
+
+    name: str
+    options: tuple[str, ...]
+    split: Callable[[DatasetSpec, Any, str], str | None]
+    read: Callable[..., tuple[RawSet, str, dict]]
+    display: Callable[[Any, str | None, str], str]
+    by_path: bool = False  # the key is a file or folder path
+    generates: bool = False  # the images are made, ``n`` is how many
+
+
+def _alias(split: str | None) -> str | None:
+    return SPLIT_ALIASES.get(split, split) if split is not None else None
+
+
+def _torchvision_split(spec: DatasetSpec, key, default_split: str) -> str:
+    split = _alias(_alias(spec.split) or default_split)
+    splits = TV_SETS[key].splits
+    if split not in splits:
+        raise DatasetError(f"{key} has no split {split!r}; use one of {', '.join(f'{key}:{s}' for s in splits)}")
+    return split
+
+
+def _digits_split(spec: DatasetSpec, key, default_split: str) -> str:
+    split = _alias(spec.split) or _alias(default_split)
+    if split not in ("train", "test"):
+        raise DatasetError(f"digits has no split {split!r}; use digits:train or digits:test")
+    return split
+
+
+def _noise_split(spec: DatasetSpec, key, default_split: str) -> str:
+    split = _alias(spec.split) or "gaussian"
+    if split not in NOISE_KINDS:
+        raise DatasetError(f"unknown noise kind {spec.split!r}; use noise:gaussian or noise:uniform")
+    return split
+
+
+def _no_split(spec: DatasetSpec, key, default_split: str) -> None:
+    if spec.split is not None:
+        what = "patches" if key == "patches" else f"{spec.source} (a file or folder)"
+        raise DatasetError(f"{what} has no splits; remove ':{spec.split}' from the spec")
+    return None
+
+
+def _read_torchvision(key, split, opts, seed, root: Path, download: bool):
+    raw = TV_SETS[key].read(root, split, download)
+    return raw, digest(str(root.resolve()), key, split, stat_fingerprint(raw.files, root)), {"root": str(root)}
+
+
+def _read_digits(key, split, opts, seed, root, download):
+    import sklearn
+
+    return read_digits(split), digest("digits", split, sklearn.__version__), {}
+
+
+def _read_noise(key, split, opts, seed, root, download):
+    raw = make_noise(split, int(opts.get("n", 1000)), int(opts.get("size", 32)), int(opts.get("channels", 3)), seed)
+    return raw, digest("noise", split, len(raw.labels), raw.images.shape, seed), {}
+
+
+def _read_patches(key, split, opts, seed, root, download):
+    import sklearn
+
+    raw = make_patches(int(opts.get("n", 1000)), int(opts.get("size", 32)), int(opts.get("channels", 3)), seed)
+    return raw, digest("patches", sklearn.__version__, raw.images.shape, seed), {}
+
+
+def _read_npz(key, split, opts, seed, root, download):
+    raw = read_npz(key, unlabelled=bool(opts.get("unlabelled", False)))
+    return raw, digest("npz", file_fingerprint(key)), {"path": str(key)}
+
+
+def _read_folder(key, split, opts, seed, root, download):
+    raw = read_folder(key)
+    return raw, digest("folder", stat_fingerprint(raw.files, key), *(raw.classes or [])), {"path": str(key)}
+
+
+def _named_split(key, split, default_split: str) -> str:
+    return key if split == _alias(default_split) else f"{key}:{split}"
+
+
+def _folder_name(key, split, default_split: str) -> str:
+    path = Path(key)
+    return path.name or str(path)
+
+
+KINDS: dict[str, SourceKind] = {
+    kind.name: kind
+    for kind in (
+        SourceKind("torchvision", _COMMON_OPTIONS, _torchvision_split, _read_torchvision, _named_split),
+        SourceKind("digits", _COMMON_OPTIONS, _digits_split, _read_digits, _named_split),
+        SourceKind("noise", _GENERATED_OPTIONS, _noise_split, _read_noise, lambda key, split, d: f"noise:{split}",
+                   generates=True),
+        SourceKind("patches", _GENERATED_OPTIONS, _no_split, _read_patches, lambda key, split, d: "patches",
+                   generates=True),
+        SourceKind("npz", _COMMON_OPTIONS + ("unlabelled",), _no_split, _read_npz,
+                   lambda key, split, d: Path(key).stem, by_path=True),
+        SourceKind("folder", _COMMON_OPTIONS, _no_split, _read_folder, _folder_name, by_path=True),
+    )
+}
 
 
 def default_data_root() -> Path:
@@ -95,35 +202,8 @@ def _resolve(spec: DatasetSpec, root: Path) -> tuple[str, str | Path]:
     raise DatasetError(f"unknown dataset {source!r}; {hint}{_ACCEPTED.format(names=names)}")
 
 
-def _split_for(spec: DatasetSpec, kind: str, key, default_split: str) -> str | None:
-    split = spec.split
-    if split is not None:
-        split = SPLIT_ALIASES.get(split, split)
-    if kind == "torchvision":
-        split = split or default_split
-        split = SPLIT_ALIASES.get(split, split)
-        splits = TV_SETS[key].splits
-        if split not in splits:
-            raise DatasetError(f"{key} has no split {split!r}; use one of {', '.join(f'{key}:{s}' for s in splits)}")
-        return split
-    if kind == "digits":
-        split = split or SPLIT_ALIASES.get(default_split, default_split)
-        if split not in ("train", "test"):
-            raise DatasetError(f"digits has no split {split!r}; use digits:train or digits:test")
-        return split
-    if kind == "noise":
-        split = split or "gaussian"
-        if split not in NOISE_KINDS:
-            raise DatasetError(f"unknown noise kind {spec.split!r}; use noise:gaussian or noise:uniform")
-        return split
-    if split is not None:
-        what = "patches" if kind == "patches" else f"{spec.source} (a file or folder)"
-        raise DatasetError(f"{what} has no splits; remove ':{spec.split}' from the spec")
-    return None
-
-
-def _check_options(spec: DatasetSpec, kind: str, label: str) -> None:
-    allowed = _OPTIONS_BY_KIND[kind]
+def _check_options(spec: DatasetSpec, kind: SourceKind, label: str) -> None:
+    allowed = kind.options
     for key in spec.options:
         if key not in allowed:
             raise DatasetError(f"option {key!r} does not apply to {label}; options for it: {', '.join(allowed)}")
@@ -154,22 +234,6 @@ def _take(raw: RawSet, idx: np.ndarray) -> RawSet:
     )
 
 
-def _display_name(spec: DatasetSpec, kind: str, key, split, default_split: str) -> str:
-    if spec.name:
-        return spec.name
-    if kind in ("torchvision", "digits"):
-        base = key if split == SPLIT_ALIASES.get(default_split, default_split) else f"{key}:{split}"
-    elif kind == "noise":
-        base = f"noise:{split}"
-    elif kind == "patches":
-        base = "patches"
-    else:
-        path = Path(key)
-        base = path.stem if kind == "npz" else (path.name or str(path))
-    opts = spec.options_string()
-    return f"{base}@{opts}" if opts else base
-
-
 def load_dataset(spec: str, *, data_root: str | Path | None = None, download: bool = False,
                  default_split: str = "test") -> DataSource:
     """Load the images and labels a spec names (see :mod:`ncprobe.data.spec` for the grammar).
@@ -181,59 +245,39 @@ def load_dataset(spec: str, *, data_root: str | Path | None = None, download: bo
     """
     parsed = parse_spec(spec, known_names=KNOWN_NAMES + tuple(TV_ALIASES))
     root = _root(data_root)
-    kind, key = _resolve(parsed, root)
-    split = _split_for(parsed, kind, key, default_split)
-    label = str(key) if kind in ("npz", "folder") else (key if split is None else f"{key}:{split}")
+    kind_name, key = _resolve(parsed, root)
+    kind = KINDS[kind_name]
+    split = kind.split(parsed, key, default_split)
+    label = str(key) if kind.by_path else (key if split is None else f"{key}:{split}")
     _check_options(parsed, kind, label)
     opts = parsed.options
     seed = int(opts.get("seed", 0))
-    meta: dict = {"kind": kind, "split": split}
-
-    if kind == "torchvision":
-        raw = TV_SETS[key].read(root, split, download)
-        base_fp = digest(str(root.resolve()), key, split, stat_fingerprint(raw.files, root))
-        meta["root"] = str(root)
-    elif kind == "digits":
-        import sklearn
-
-        raw = read_digits(split)
-        base_fp = digest("digits", split, sklearn.__version__)
-    elif kind == "noise":
-        raw = make_noise(split, int(opts.get("n", 1000)), int(opts.get("size", 32)),
-                         int(opts.get("channels", 3)), seed)
-        base_fp = digest("noise", split, len(raw.labels), raw.images.shape, seed)
-    elif kind == "patches":
-        import sklearn
-
-        raw = make_patches(int(opts.get("n", 1000)), int(opts.get("size", 32)), int(opts.get("channels", 3)), seed)
-        base_fp = digest("patches", sklearn.__version__, raw.images.shape, seed)
-    elif kind == "npz":
-        raw = read_npz(key, unlabelled=bool(opts.get("unlabelled", False)))
-        base_fp = digest("npz", file_fingerprint(key))
-        meta["path"] = str(key)
-    else:
-        raw = read_folder(key)
-        base_fp = digest("folder", stat_fingerprint(raw.files, key), *(raw.classes or []))
-        meta["path"] = str(key)
+    raw, base_fp, extra = kind.read(key, split, opts, seed, root, download)
+    meta: dict = {"kind": kind.name, "split": split, **extra}
 
     if "classes" in opts:
         idx, classes = _apply_classes(raw, opts["classes"], label)
         raw = _take(raw, idx)
         raw.classes = classes
         meta["class_subset"] = list(opts["classes"])
-    if "n" in opts and kind not in ("noise", "patches"):
+    if "n" in opts and not kind.generates:
         total = len(raw.labels)
         meta["n_available"] = total
         if opts["n"] < total:
             idx = np.sort(np.random.default_rng(seed).choice(total, size=opts["n"], replace=False))
             raw = _take(raw, idx)
 
-    canonical = parsed.with_(source=str(key) if kind in ("npz", "folder") else key, split=split)
+    canonical = parsed.with_(source=str(key) if kind.by_path else key, split=split)
+    name = parsed.name
+    if not name:
+        opts_text = parsed.options_string()
+        base = kind.display(key, split, default_split)
+        name = f"{base}@{opts_text}" if opts_text else base
     return DataSource(
-        name=_display_name(parsed, kind, key, split, default_split),
+        name=name,
         spec=canonical.to_string(),
         labels=np.ascontiguousarray(raw.labels, dtype=np.int64),
-        fingerprint=digest(LOADER_VERSION, kind, base_fp, split, canonical.options_string()),
+        fingerprint=digest(LOADER_VERSION, kind.name, base_fp, split, canonical.options_string()),
         images=raw.images,
         classes=raw.classes,
         load_item=raw.loader,
@@ -267,14 +311,14 @@ def fit_spec_for(spec: str, *, data_root: str | Path | None = None) -> str | Non
     folders with no such counterpart. Unknown sources raise DatasetError as in load_dataset.
     """
     parsed = parse_spec(spec, known_names=KNOWN_NAMES + tuple(TV_ALIASES))
-    kind, key = _resolve(parsed, _root(data_root))
+    kind_name, key = _resolve(parsed, _root(data_root))
     keep = {k: v for k, v in parsed.options.items() if k == "classes"}
-    if kind in ("torchvision", "digits"):
-        if kind == "torchvision" and "train" not in TV_SETS[key].splits:
+    if kind_name in ("torchvision", "digits"):
+        if kind_name == "torchvision" and "train" not in TV_SETS[key].splits:
             return None
         return DatasetSpec(text="", source=key, split="train", options=keep).to_string()
-    if kind in ("npz", "folder"):
-        sib = _sibling(Path(key), kind)
+    if KINDS[kind_name].by_path:
+        sib = _sibling(Path(key), kind_name)
         if sib is None:
             return None
         src = parsed.source

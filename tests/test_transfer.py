@@ -9,7 +9,7 @@ from scipy import stats
 
 from ncprobe.errors import NcprobeError
 from ncprobe.features import FeatureSet
-from ncprobe.probe import correlate, correlation_frame, probe_accuracy, transfer_frame
+from ncprobe.transfer import correlate, correlation_frame, transfer_accuracy, transfer_frame
 
 
 def _blobs(n=400, d=8, classes=4, sep=10.0, seed=0):
@@ -22,14 +22,14 @@ def _blobs(n=400, d=8, classes=4, sep=10.0, seed=0):
 def test_separable_set_gives_accuracy_one():
     x, y = _blobs(sep=50.0)
     train = np.arange(len(y)) < len(y) // 2  # labels cycle, so both halves hold every class
-    assert probe_accuracy(x[train], y[train], x[~train], y[~train]) == 1.0
+    assert transfer_accuracy(x[train], y[train], x[~train], y[~train]) == 1.0
 
 
 def test_shuffled_labels_give_chance():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(4000, 16))
     y = rng.integers(0, 4, size=4000)
-    acc = probe_accuracy(x[:2000], y[:2000], x[2000:], y[2000:])
+    acc = transfer_accuracy(x[:2000], y[:2000], x[2000:], y[2000:])
     # chance is 0.25; the binomial s.d. over 2000 test samples is ~0.01
     assert abs(acc - 0.25) < 0.05
 
