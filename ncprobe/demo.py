@@ -14,17 +14,17 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from .api import layers
+from .finetune.train import finetune
+from .report.leaderboard import leaderboard, legend, read_ood_csv
+from .report.tables import render
+
 ID_CLASSES = "0-5"
 MODES = ("ce", "l2", "etf+entropy")
 
 
 def run_demo(out: Path, *, epochs: int = 15, seed: int = 0, modes=MODES, progress: bool = True,
              cache_dir=None, echo=click.echo) -> dict:
-    from ..api import layers
-    from ..report.leaderboard import leaderboard, legend, read_ood_csv
-    from ..report.tables import render
-    from .train import finetune
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fit = f"digits:train@classes={ID_CLASSES}"

@@ -28,3 +28,26 @@ class DatasetError(NcprobeError):
 
 class ScoringError(NcprobeError):
     """Features or labels cannot be scored as asked (empty set, NaN rows, one-sample class, ...)."""
+
+
+class ParameterError(NcprobeError):
+    """A job parameter is missing, out of range, or conflicts with another.
+
+    The message names parameters as ``{name}`` (the Python parameter): ``str(err)`` shows the
+    Python names (``fit_split``), ``err.render(to_flag)`` shows whatever ``to_flag(name)`` gives,
+    which the CLI uses to speak of its flags (``--fit-split``). Core code never mentions flags.
+    """
+
+    def __init__(self, template: str):
+        self.template = " ".join(str(template).split())
+        super().__init__(self.render())
+
+    def render(self, to_name=None) -> str:
+        """The message with every ``{name}`` replaced by ``to_name(name)`` (default: the name itself)."""
+        convert = to_name or (lambda name: name)
+
+        class _Names(dict):
+            def __missing__(self, key):
+                return convert(key)
+
+        return self.template.format_map(_Names())

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from ..errors import NcprobeError
+from ..errors import NcprobeError, ParameterError
 
 # sub-command name -> (module under ncprobe.cli holding a click command called `command`, short help)
 COMMANDS = {
@@ -61,12 +61,22 @@ def cli():
     """
 
 
+# Python parameters whose flag is not simply --name-with-dashes
+_FLAGS = {"use_cache": "--no-cache", "progress": "--quiet", "cache_dir": "--cache"}
+
+
+def flag_for(parameter: str) -> str:
+    """The command-line flag of a job parameter: ``fit_split`` -> ``--fit-split``."""
+    return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
 def main(argv=None) -> None:
     """Console entry point: runs the group and turns user mistakes into one-line errors, exit 2."""
     try:
         cli.main(args=argv, prog_name="ncprobe", standalone_mode=False)
     except NcprobeError as exc:
-        click.echo(f"error: {exc}", err=True)
+        message = exc.render(flag_for) if isinstance(exc, ParameterError) else str(exc)
+        click.echo(f"error: {message}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help())

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from .options import cache_note, checkpoint_options, ensure_writable_dir, run_options
+from .options import (
+    cache_note,
+    checkpoint_options,
+    ensure_writable_dir,
+    run_options,
+    scorers_option,
+)
 
 
 @click.command(name="layers")
@@ -19,9 +25,7 @@ from .options import cache_note, checkpoint_options, ensure_writable_dir, run_op
               help="Labelled set the scorers and NC statistics are fitted on (default: the ID set's train split).")
 @click.option("--fit-split", type=float, default=None, metavar="FRAC",
               help="Instead of --fit, hold out this fraction of the ID set (per class) as the fit set.")
-@click.option("--scorers", default=None, metavar="NAMES",
-              help="Comma-separated scorers (default: all). Feature scorers: mahalanobis, rmds, gda, knn, vim, neco, "
-                   "featnorm, ncc, probe_energy. Logit scorers: msp, maxlogit, energy, gen.")
+@scorers_option
 @click.option("--layers", default=None, metavar="NAMES",
               help="Comma-separated probe points, or 'all' (default: the block groups, penultimate, logits).")
 @click.option("--knn-k", type=click.IntRange(min=1), default=None, help="k of the kNN scorer (default 50).")

@@ -71,3 +71,27 @@ def cache_note(from_cache: dict) -> str:
     if len(hits) == len(from_cache):
         return "features: all served from the cache (no forward pass)"
     return f"features: {', '.join(hits)} served from the cache"
+
+
+class LazyHelpOption(click.Option):
+    """An option whose help text is computed only when help is shown (e.g. from a registry), so
+    building the command imports nothing heavy."""
+
+    def __init__(self, *args, help_from, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._help_from = help_from
+
+    def get_help_record(self, ctx):
+        self.help = self._help_from()
+        return super().get_help_record(ctx)
+
+
+def _scorers_help() -> str:
+    from ..scores import scorers_help
+
+    return scorers_help()
+
+
+def scorers_option(fn):
+    """--scorers, with the names, defaults and help taken from the scorer registry."""
+    return click.option("--scorers", cls=LazyHelpOption, help_from=_scorers_help, default=None, metavar="NAMES")(fn)

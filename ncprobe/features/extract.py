@@ -20,6 +20,7 @@ from ..data.source import DataSource
 from ..data.transforms import Preprocess
 from ..device import resolve_device
 from ..errors import NcprobeError
+from ..progress import progress_bar
 from . import cache as feature_cache
 from .featureset import FeatureSet
 from .probe_points import ALL, LOGITS, PENULTIMATE, resolve_layers
@@ -151,7 +152,7 @@ def _forward(ckpt, source, names, dev, batch_size, progress, workers, use_amp, t
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if use_amp else nullcontext()
     loader = batch_loader(source, batch_size, size=tuple(ckpt.input_size[-2:]), workers=workers,
                           pin_memory=dev.type == "cuda")
-    bar = _progress(n_total, f"features {source.name}", progress)
+    bar = progress_bar(n_total, f"features {source.name}", progress, unit="img", unit_scale=True)
     start = time.perf_counter()
     kept = list(names)
     try:
@@ -200,19 +201,3 @@ def _check_first_batch(names, captured, every_module) -> list[str]:
             raise NcprobeError(f"layer {name!r} cannot be probed: {what}; choose another with --layers")
     wanted = set(names)
     return [name for name in captured if name in wanted]
-
-
-class _NullBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False, dynamic_ncols=True)

@@ -26,6 +26,7 @@ from ..device import resolve_device
 from ..errors import CheckpointError, DatasetError, NcprobeError
 from ..models.nc_heads import CE_HEAD_MODES, ETF_MODES, MODES, check_mode, wrap_model
 from ..models.ncprobe_format import _jsonable, build_model_from_meta, create_base, save_checkpoint
+from ..progress import progress_bar
 from .augment import crop_padding, random_crop_flip
 from .losses import NCLoss, default_label_smoothing
 
@@ -308,12 +309,7 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
             loader = batch_loader(train_src, batch_size, size=preprocess.size, shuffle=True,
                                   seed=_epoch_seed(seed, epoch),
                                   workers=num_workers, pin_memory=dev.type == "cuda", drop_last=drop_last)
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
-                           file=sys.stderr)
+            bar = progress_bar(steps, f"epoch {epoch + 1}/{epochs}", progress)
             loss_sum = 0.0
             correct = seen = 0
             last_lr = opt.param_groups[0]["lr"]
@@ -340,11 +336,9 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
                 loss_sum += float(loss.detach()) * b
                 correct += int((logits.detach().argmax(1) == y).sum())
                 seen += b
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
-            if bar is not None:
-                bar.close()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+            bar.close()
             val_acc = None
             if val_src is not None:
                 val_acc = evaluate_accuracy(model, val_src, preprocess, dev, batch_size=max(batch_size, 256),

@@ -30,9 +30,10 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     return cls
 
 
-def list_scorers() -> list[str]:
-    """Registered scorer names, sorted: what ``--scorers all`` runs."""
-    return sorted(_REGISTRY)
+def list_scorers(*, registration_order: bool = False) -> list[str]:
+    """Registered scorer names, sorted (or in registration order: what ``--scorers all`` runs,
+    families together, in the order the tables show them)."""
+    return list(_REGISTRY) if registration_order else sorted(_REGISTRY)
 
 
 def default_scorers() -> list[str]:
@@ -43,13 +44,14 @@ def default_scorers() -> list[str]:
 
 def scorers_help() -> str:
     """The ``--scorers`` help text, from the registry."""
-    logit = [n for n in default_scorers() if _REGISTRY[n].input == "logits"]
-    feature = [n for n in default_scorers() if _REGISTRY[n].input != "logits"]
-    others = [n for n in list_scorers() if not _REGISTRY[n].default]
-    text = (f"Comma-separated scorers, or 'all' for every registered one (default: {len(logit) + len(feature)}). "
-            f"Feature scorers: {', '.join(feature)}. Logit scorers: {', '.join(logit)}.")
+    defaults = default_scorers()
+    feature = [n for n in defaults if _REGISTRY[n].input != "logits"]
+    logit = [n for n in defaults if _REGISTRY[n].input == "logits"]
+    others = [n for n in list_scorers(registration_order=True) if not _REGISTRY[n].default]
+    text = (f"Comma-separated scorers, or 'all' for every registered one. Default: feature scorers "
+            f"{', '.join(feature)}; logit scorers {', '.join(logit)}.")
     if others:
-        text += f" Also: {', '.join(others)}."
+        text += f" Also available: {', '.join(others)}."
     return text
 
 

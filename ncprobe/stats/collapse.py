@@ -12,6 +12,9 @@ O(C^2 d + C d^2) instead of O(d^3). NCC accuracy and NC4 go through the features
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from ..errors import ScoringError
@@ -20,6 +23,9 @@ from ._threads import single_blas_thread
 from .accumulator import ClassStats
 
 __all__ = [
+    "NC_COLUMNS",
+    "NC_METRICS",
+    "NCMetric",
     "collapse_metrics",
     "nc1",
     "nc2_equinorm",
@@ -192,41 +198,65 @@ def ncc_counts(stats: ClassStats, features, labels, head=None, batch_size: int =
     }
 
 
+@dataclass(frozen=True)
+class NCMetric:
+    """One entry of :data:`NC_METRICS`: how the metric is computed and what it needs.
+
+    ``input`` is ``"stats"`` (``fn(stats)``), ``"head"`` (``fn(stats, W)``, the classifier weight) or
+    ``"counts"`` (``fn(counts)`` from one nearest-class-centre pass over labelled features, see
+    :func:`ncc_counts`; ``needs_head`` when the pass must also compare with the classifier).
+    """
+
+    fn: Callable
+    input: str = "stats"
+    needs_head: bool = False
+
+
+#: Every NC metric by name, in the order of the collapse table's columns.
+NC_METRICS: dict[str, NCMetric] = {
+    "nc1": NCMetric(nc1),
+    "nc2_equinorm": NCMetric(nc2_equinorm),
+    "nc2_equiangular": NCMetric(nc2_equiangular),
+    "nc2_etf": NCMetric(nc2_etf),
+    "nc3": NCMetric(nc3, "head", needs_head=True),
+    "nc4": NCMetric(lambda c: c["nc4_mismatch"] / c["n"], "counts", needs_head=True),
+    "ncc_acc": NCMetric(lambda c: c["ncc_correct"] / c["n"], "counts"),
+    "tr_ratio": NCMetric(tr_ratio),
+    "cdnv": NCMetric(cdnv),
+}
+NC_COLUMNS: tuple[str, ...] = tuple(NC_METRICS)
+
+
 def collapse_metrics(
     stats: ClassStats, features=None, labels=None, head=None, batch_size: int = 8192
 ) -> dict:
-    """All NC metrics of one layer.
+    """All NC metrics of one layer (:data:`NC_METRICS`), plus ``num_classes_used``.
 
     ``stats`` come from the fit features; ``features``/``labels`` (any labelled set, usually the
     same fit set) give ``ncc_acc`` and, with ``head = (W (C, d), b (C,))``, ``nc4``. ``nc3`` needs
     ``head`` only. Metrics that cannot be computed from what was passed are ``None``.
-    Keys: nc1, nc2_equinorm, nc2_equiangular, nc2_etf, nc3, nc4, ncc_acc, tr_ratio, cdnv,
-    num_classes_used.
     """
     if not isinstance(stats, ClassStats):
         raise ScoringError(
             "collapse_metrics needs a ClassStats; build one with ClassStats.from_features"
         )
     _centered(stats)
-    out = {
-        "nc1": nc1(stats),
-        "nc2_equinorm": nc2_equinorm(stats),
-        "nc2_equiangular": nc2_equiangular(stats),
-        "nc2_etf": nc2_etf(stats),
-        "nc3": nc3(stats, head[0]) if head is not None else None,
-        "nc4": None,
-        "ncc_acc": None,
-        "tr_ratio": tr_ratio(stats),
-        "cdnv": cdnv(stats),
-        "num_classes_used": int(stats.present.size),
-    }
+    counts = None
     if features is not None:
         if labels is None:
             raise ScoringError("ncc_acc needs the labels of the features; pass labels=")
         counts = ncc_counts(stats, features, labels, head=head, batch_size=batch_size)
         if counts["n"] == 0:
             raise ScoringError("no feature rows were given for NCC accuracy; pass a non-empty set")
-        out["ncc_acc"] = counts["ncc_correct"] / counts["n"]
-        if head is not None:
-            out["nc4"] = counts["nc4_mismatch"] / counts["n"]
+    out: dict = {}
+    for name, metric in NC_METRICS.items():
+        if metric.needs_head and head is None:
+            out[name] = None
+        elif metric.input == "stats":
+            out[name] = metric.fn(stats)
+        elif metric.input == "head":
+            out[name] = metric.fn(stats, head[0])
+        else:
+            out[name] = None if counts is None else metric.fn(counts)
+    out["num_classes_used"] = int(stats.present.size)
     return out

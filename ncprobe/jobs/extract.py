@@ -1,0 +1,55 @@
+"""Step 2: run each data source through the network once (or read it from the cache), recording
+which sets came from the cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..checkpoint.loaded import LoadedCheckpoint
+from ..data.source import DataSource
+from ..features import extract_features
+from ..features.featureset import FeatureSet
+from .inputs import LayersInputs
+
+
+class FeatureExtractor:
+    """``extractor(source)`` -> the :class:`FeatureSet` of ``source`` under one checkpoint and one
+    set of extraction options; ``from_cache`` maps each set's name to whether it was a cache hit."""
+
+    def __init__(self, ckpt: LoadedCheckpoint, *, layers=None, device=None, batch_size: int = 256, cache_dir=None,
+                 use_cache: bool = True, progress: bool = True):
+        self.ckpt = ckpt
+        self.options = {"layers": layers, "device": device, "batch_size": batch_size, "cache_dir": cache_dir,
+                        "use_cache": use_cache, "progress": progress}
+        self.from_cache: dict[str, bool] = {}
+
+    def __call__(self, source: DataSource) -> FeatureSet:
+        fs = extract_features(self.ckpt, source, **self.options)
+        self.from_cache[source.name] = fs.from_cache
+        return fs
+
+
+@dataclass
+class LayersFeatures:
+    """The features of every set of a ``layers`` run."""
+
+    fit: FeatureSet
+    id: FeatureSet
+    ood: list[FeatureSet]
+    transfer: list[FeatureSet] = field(default_factory=list)
+
+
+def extract_layers_features(inputs: LayersInputs, extract: FeatureExtractor) -> LayersFeatures:
+    """Fit, ID, OOD and transfer features; with a held-out fit split, one pass over the ID set
+    gives both the fit rows and the remaining ID rows."""
+    if inputs.split is not None:
+        every_id = extract(inputs.id)
+        fit_fs, id_fs = every_id.subset(inputs.split[0]), every_id.subset(inputs.split[1])
+        fit_fs.name = f"{inputs.id.name}[fit {inputs.fit_split}]"
+        id_fs.name = f"{inputs.id.name}[rest]"
+    else:
+        fit_fs = extract(inputs.fit)
+        id_fs = extract(inputs.id)
+    ood = [extract(src) for src in inputs.ood]
+    transfer = [extract(src) for src in inputs.transfer]
+    return LayersFeatures(fit=fit_fs, id=id_fs, ood=ood, transfer=transfer)

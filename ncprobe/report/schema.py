@@ -1,0 +1,64 @@
+"""The columns of every output table, and the one helper that stamps a run's metadata onto a table.
+
+Each table is long-format: one row per measured thing (a layer, a layer x scorer x OOD set, ...),
+with the run's identity repeated on every row so that tables from many runs can be concatenated
+and grouped. The column lists here are the only definition of those tables.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import secrets
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+from .. import __version__
+from ..stats.collapse import NC_COLUMNS
+
+#: ood.csv: one row per (layer, scorer, OOD set)
+OOD_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "id", "fit", "ood",
+               "layer", "layer_index", "dim", "scorer", "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_oodpos",
+               "id_accuracy", "n_fit", "n_id", "n_ood", "seed", "group", "ncprobe_version"]
+#: collapse.csv: one row per probed layer of the fit (or --data) set
+COLLAPSE_COLUMNS = ["checkpoint", "checkpoint_sha256", "arch", "data", "layer", "layer_index", "dim", "n",
+                    "classes", *NC_COLUMNS, "run_id", "timestamp", "mode", "group"]
+#: transfer.csv: one row per (transfer set, layer)
+TRANSFER_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "transfer", "layer",
+                    "layer_index", "dim", "transfer_acc", "n_train", "n_test", "transfer_classes", "seed", "group"]
+#: correlation.csv: one row per correlated quantity (NC1 vs a scorer's FPR95, NC1 vs transfer error)
+CORRELATION_COLUMNS = ["x", "y", "n_layers", "pearson_r", "pearson_p", "spearman_rho", "spearman_p", "run_id",
+                       "checkpoint", "arch", "mode", "group"]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Who and when: the columns every row of one run shares."""
+
+    run_id: str
+    timestamp: str
+    checkpoint: str
+    checkpoint_sha256: str
+    arch: str
+    mode: str
+    group: str
+    seed: int
+    ncprobe_version: str = __version__
+
+    @classmethod
+    def new(cls, ckpt, *, group: str | None = None, seed: int = 0) -> RunInfo:
+        """A fresh run id (UTC time + 6 random hex digits) for checkpoint ``ckpt``."""
+        now = _dt.datetime.now(_dt.timezone.utc)
+        return cls(run_id=now.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3),
+                   timestamp=now.isoformat(timespec="seconds"), checkpoint=ckpt.name,
+                   checkpoint_sha256=ckpt.sha256, arch=ckpt.arch, mode=ckpt.mode, group=group or "", seed=seed)
+
+
+def stamp(table: pd.DataFrame, run: RunInfo, columns: list[str], **extra) -> pd.DataFrame:
+    """A copy of ``table`` with the run's fields (and ``extra`` values) filled in where ``columns``
+    has them, reordered to ``columns``."""
+    out = table.copy()
+    for key, value in {**asdict(run), **extra}.items():
+        if key in columns:
+            out[key] = value
+    return out.reindex(columns=columns)
