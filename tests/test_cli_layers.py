@@ -77,6 +77,21 @@ def test_layers_end_to_end_then_cached(ckpt_path, tmp_path, capsys):
     assert (table["runs"] == 2).all()
 
 
+def test_scorers_all_runs_every_registered_scorer_and_the_default_set_is_the_registrys(ckpt_path, tmp_path, capsys):
+    from ncprobe.scores import default_scorers, list_scorers
+
+    base = ["layers", ckpt_path, "--id", ID, "--fit", FIT, "--ood", OODS[1], "--no-cache", "-q", "--no-plot"]
+    run_ok(base + ["--out", tmp_path / "all", "--scorers", "all"], capsys)
+    ood = pd.read_csv(tmp_path / "all" / "ood.csv")
+    assert set(ood["scorer"]) == set(list_scorers())  # every scorer applies somewhere on a linear-head CNN
+    assert ood["auroc"].notna().all()
+    run_ok(base + ["--out", tmp_path / "default"], capsys)
+    assert list(dict.fromkeys(pd.read_csv(tmp_path / "default" / "ood.csv")["scorer"])) == \
+        [n for n in default_scorers() if n in set(ood["scorer"])]
+    help_text = run_ok(["layers", "--help"], capsys)
+    assert all(name in " ".join(help_text.split()) for name in list_scorers())
+
+
 def test_fit_split_and_collapse_and_eval(ckpt_path, tmp_path, capsys):
     out = tmp_path / "r"
     text = run_ok(["layers", ckpt_path, "--id", ID, "--fit-split", "0.5", "--ood", OODS[1], "--out", out,
@@ -103,6 +118,8 @@ def test_fit_split_and_collapse_and_eval(ckpt_path, tmp_path, capsys):
         (["layers", "{ckpt}", "--id", ID, "--fit", "digits:train", "--ood", "noise:gaussian"], "label"),
         (["layers", "{ckpt}", "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--layers", "nope"], "nope"),
         (["layers", "{ckpt}", "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--scorers", "nope"], "nope"),
+        (["layers", "{ckpt}", "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--scorers", ","], "--scorers"),
+        (["layers", "{ckpt}", "--id", ID, "--fit", FIT, "--fit-split", "0.5", "--ood", "noise:gaussian"], "--fit-split"),
         (["layers", "{ckpt}", "--id", ID, "--fit", "{tmp}/single.npz", "--ood", "noise:gaussian"], "single sample"),
         (["leaderboard", "{tmp}/none.csv"], "none.csv"),
         (["eval", "{tmp}/missing.pt", "--data", ID], "missing.pt"),

@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from ..checkpoint import load_checkpoint
+from ..data import load_dataset
+from ..data.batches import batch_loader
+from ..data.transforms import Preprocess
 from ..device import resolve_device
 from ..errors import CheckpointError, DatasetError, NcprobeError
 from ..models.nc_heads import CE_HEAD_MODES, ETF_MODES, MODES, check_mode, wrap_model
@@ -72,8 +79,6 @@ def _num_classes(source) -> int:
 
 
 def _load_data(spec: str, data_root, default_split: str, what: str):
-    from ..data import load_dataset
-
     src = load_dataset(spec, data_root=data_root, default_split=default_split)
     if len(src) < 2:
         raise DatasetError(f"{what} set {spec!r} has {len(src)} images; it needs at least 2 (check the split and options)")
@@ -85,8 +90,6 @@ def _load_data(spec: str, data_root, default_split: str, what: str):
 def _build(source_ckpt, arch, mode, num_classes, head_opts, trust_pickle, input_size):
     """(model, meta-without-config, info) for a fresh run."""
     if source_ckpt is not None:
-        from ..checkpoint import load_checkpoint
-
         ck = load_checkpoint(str(source_ckpt), trust_pickle=trust_pickle, map_location="cpu")
         model_in = ck.model
         arch_name = ck.arch
@@ -130,8 +133,6 @@ def _make_optimizer(model, name, lr, weight_decay, momentum):
 @torch.no_grad()
 def evaluate_accuracy(model, source, preprocess, device, batch_size=256, amp_dtype=None, limit_batches=None) -> float:
     """Top-1 accuracy of ``model`` on a labelled source (eval mode)."""
-    from ..data.batches import batch_loader
-
     was = model.training
     model.eval()
     correct = total = 0
@@ -190,9 +191,6 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
     ``train_acc`` (on the augmented batches), ``val_acc`` (None without ``val``), ``lr`` (of the epoch's
     last step) and ``seconds``.
     """
-    from ..data.batches import batch_loader
-    from ..data.transforms import Preprocess
-
     _check_args(source_ckpt, arch, mode, optimizer, epochs, batch_size, out)
     if log is None:
         def log(msg):
@@ -201,6 +199,40 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
     out = Path(out)
     rpath = resume_path(out)
     dev = resolve_device(device)
+    config = _configure(source_ckpt, arch=arch, data=data, val=val, mode=mode, epochs=epochs, lr=lr,
+                        optimizer=optimizer, momentum=momentum, batch_size=batch_size, weight_decay=weight_decay,
+                        warmup_epochs=warmup_epochs, seed=seed, alpha=alpha, label_smoothing=label_smoothing,
+                        projector_dim=projector_dim, l2_scale=l2_scale, learn_scale=learn_scale, flip=flip,
+                        augment=augment, limit_batches=limit_batches)
+    train_src = _load_data(data, data_root, "train", "training")
+    val_src = _load_data(val, data_root, "test", "validation") if val else None
+    state = _read_resume(rpath, config, resume, log)
+    torch.manual_seed(seed)
+    model, meta = _restore_or_build(state, rpath, source_ckpt, config, _num_classes(train_src), trust_pickle,
+                                    input_size, log)
+    run = _Run.start(model, meta, config, dev, amp, len(train_src), state, log, out)
+    history = list(meta.get("history") or [])
+    det_before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if dev.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        for done_now, epoch in enumerate(range(run.start_epoch, epochs)):
+            if stop_after is not None and done_now >= stop_after:
+                break
+            t0 = time.perf_counter()
+            totals = _train_epoch(run, train_src, epoch, config, num_workers, progress)
+            rec = _end_epoch(run, epoch, t0, totals, val_src, config, history, out, rpath, log)
+            history.append(rec)
+    finally:
+        torch.use_deterministic_algorithms(det_before[0], warn_only=det_before[1])
+    model.eval()
+    return model, history
+
+
+def _configure(source_ckpt, *, arch, data, val, mode, epochs, lr, optimizer, momentum, batch_size, weight_decay,
+               warmup_epochs, seed, alpha, label_smoothing, projector_dim, l2_scale, learn_scale, flip, augment,
+               limit_batches) -> dict:
+    """The run's settings with every default resolved (stored in the checkpoint; --resume compares them)."""
     finetuning = source_ckpt is not None
     lr = float(lr) if lr is not None else default_lr(optimizer, finetuning)
     weight_decay = float(weight_decay) if weight_decay is not None else OPTIMIZER_DEFAULTS[optimizer][1]
@@ -211,7 +243,7 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
         raise NcprobeError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
     if projector_dim < 1:
         raise NcprobeError(f"--projector-dim must be positive, got {projector_dim}")
-    config = {
+    return {
         "source": None if source_ckpt is None else str(source_ckpt), "arch": arch, "data": data, "val": val,
         "mode": mode, "epochs": int(epochs), "lr": lr, "optimizer": optimizer, "momentum": float(momentum),
         "batch_size": int(batch_size), "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
@@ -220,150 +252,168 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
         "flip": bool(flip), "augment": bool(augment), "limit_batches": limit_batches,
     }
 
-    train_src = _load_data(data, data_root, "train", "training")
-    val_src = _load_data(val, data_root, "test", "validation") if val else None
-    data_classes = _num_classes(train_src)
 
-    state = None
-    if resume and rpath.exists():
-        state = torch.load(rpath, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("version") != RESUME_VERSION:
-            raise NcprobeError(f"{rpath} is not an ncprobe resume state of this version; delete it or drop --resume")
-        old = json.loads(state["meta"])["config"]
-        diff = [k for k in RESUME_KEYS if old.get(k) != config.get(k)]
-        if diff:
-            k = diff[0]
-            raise NcprobeError(f"{rpath} was written with {k}={old.get(k)!r}, this run has {k}={config.get(k)!r}; "
-                               f"rerun with the same settings or delete {rpath.name} to start over")
-    elif resume:
+def _read_resume(rpath: Path, config: dict, resume: bool, log) -> dict | None:
+    """The resume state at ``rpath`` when resuming and present (its settings must equal ``config``)."""
+    if not resume:
+        return None
+    if not rpath.exists():
         log(f"note: no resume state at {rpath}; starting from the beginning")
+        return None
+    state = torch.load(rpath, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("version") != RESUME_VERSION:
+        raise NcprobeError(f"{rpath} is not an ncprobe resume state of this version; delete it or drop --resume")
+    old = json.loads(state["meta"])["config"]
+    diff = [k for k in RESUME_KEYS if old.get(k) != config.get(k)]
+    if diff:
+        k = diff[0]
+        raise NcprobeError(f"{rpath} was written with {k}={old.get(k)!r}, this run has {k}={config.get(k)!r}; "
+                           f"rerun with the same settings or delete {rpath.name} to start over")
+    return state
 
-    torch.manual_seed(seed)
+
+def _restore_or_build(state, rpath, source_ckpt, config, data_classes, trust_pickle, input_size, log):
+    """(model, meta): the model of a resume state, or a new one (fine-tuned checkpoint or fresh arch)."""
+    mode = config["mode"]
     head_opts = {}
     if mode in ETF_MODES:
-        head_opts["projector_dim"] = int(projector_dim)
+        head_opts["projector_dim"] = config["projector_dim"]
     if mode == "l2":
-        head_opts.update(l2_scale=l2_scale, learn_scale=learn_scale)
+        head_opts.update(l2_scale=config["l2_scale"], learn_scale=config["learn_scale"])
     if state is not None:
         meta = json.loads(state["meta"])
         model, _, _ = build_model_from_meta(meta)
         model.load_state_dict(state["model"], strict=True)
         if int(meta["num_classes"]) < data_classes:
-            raise NcprobeError(f"{rpath} has {meta['num_classes']} classes but {data!r} has {data_classes}")
+            raise NcprobeError(f"{rpath} has {meta['num_classes']} classes but {config['data']!r} has {data_classes}")
     else:
-        num_classes = data_classes
-        model, meta, info = _build(source_ckpt, arch, mode, num_classes, head_opts, trust_pickle, input_size)
-        if info.get("source_classes") not in (None, num_classes):
-            log(f"note: {info['source_name']} has {info['source_classes']} classes, {data!r} has {num_classes}: "
-                "the classifier is re-initialized")
-        meta["config"] = config
+        model, meta, info = _build(source_ckpt, config["arch"], mode, data_classes, head_opts, trust_pickle,
+                                   input_size)
+        if info.get("source_classes") not in (None, data_classes):
+            log(f"note: {info['source_name']} has {info['source_classes']} classes, {config['data']!r} has "
+                f"{data_classes}: the classifier is re-initialized")
         meta["history"] = []
     meta["config"] = config
-    history = list(meta.get("history") or [])
+    return model, meta
 
-    model.to(dev)
-    in_size = tuple(meta["input_size"])
-    preprocess = Preprocess(tuple(meta["mean"]), tuple(meta["std"]), (int(in_size[1]), int(in_size[2]))).to(dev)
-    fill = (-torch.tensor(meta["mean"], dtype=torch.float32) / torch.tensor(meta["std"], dtype=torch.float32))
-    fill = fill.to(dev)
-    pad = crop_padding(int(in_size[1]))
 
-    amp_dtype = None
-    if amp and dev.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
+@dataclass
+class _Run:
+    """What every epoch of one run shares: the model on its device, preprocessing, optimizer state."""
 
-    opt = _make_optimizer(model, optimizer, lr, weight_decay, momentum)
-    n = len(train_src)
-    drop_last = n > batch_size
-    steps = n // batch_size if drop_last else 1
-    if limit_batches is not None:
-        steps = max(1, min(steps, int(limit_batches)))
-    total_steps = steps * epochs
-    warmup_steps = int(round(warmup_epochs * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup_steps))
-    start_epoch = 0
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if dev.type == "cuda" and state.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
-        start_epoch = int(state["epoch"])
-        log(f"resuming {out.name} after epoch {start_epoch}/{epochs}")
-    criterion = NCLoss(mode, alpha=alpha, label_smoothing=label_smoothing)
+    model: nn.Module
+    meta: dict
+    dev: torch.device
+    preprocess: Preprocess
+    fill: torch.Tensor
+    pad: int
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    criterion: NCLoss
+    steps: int
+    drop_last: bool
+    start_epoch: int = 0
 
-    det_before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    if dev.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        done_now = 0
-        for epoch in range(start_epoch, epochs):
-            if stop_after is not None and done_now >= stop_after:
-                break
-            t0 = time.perf_counter()
-            model.train()
-            gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch) ^ 0x5EED)
-            loader = batch_loader(train_src, batch_size, size=preprocess.size, shuffle=True,
-                                  seed=_epoch_seed(seed, epoch),
-                                  workers=num_workers, pin_memory=dev.type == "cuda", drop_last=drop_last)
-            bar = progress_bar(steps, f"epoch {epoch + 1}/{epochs}", progress)
-            loss_sum = 0.0
-            correct = seen = 0
-            last_lr = opt.param_groups[0]["lr"]
-            for i, (x, y) in enumerate(loader):
-                if i >= steps:
-                    break
-                x = preprocess(x.to(dev, non_blocking=True))
-                y = y.to(dev, non_blocking=True)
-                if augment:
-                    x = random_crop_flip(x, pad=pad, flip=flip, generator=gen, fill=fill)
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits, h = model.forward_with_embedding(x)
-                    loss = criterion(logits, h, y)
-                if not torch.isfinite(loss):
-                    raise NcprobeError(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; "
-                                       f"lower --lr (now {lr:g})")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                last_lr = opt.param_groups[0]["lr"]
-                sched.step()
-                b = len(y)
-                loss_sum += float(loss.detach()) * b
-                correct += int((logits.detach().argmax(1) == y).sum())
-                seen += b
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
-            bar.close()
-            val_acc = None
-            if val_src is not None:
-                val_acc = evaluate_accuracy(model, val_src, preprocess, dev, batch_size=max(batch_size, 256),
-                                            amp_dtype=amp_dtype)
-            rec = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                   "val_acc": val_acc, "lr": last_lr, "seconds": time.perf_counter() - t0}
-            history.append(rec)
-            meta["history"] = history
-            save_checkpoint(out, model, meta)
-            _save_resume(rpath, model, opt, sched, scaler, meta, epoch + 1, dev)
-            done_now += 1
-            msg = (f"epoch {epoch + 1}/{epochs}: loss {rec['loss']:.4f}, train acc {rec['train_acc']:.4f}"
-                   + ("" if val_acc is None else f", val acc {val_acc:.4f}")
-                   + f", lr {rec['lr']:.3g}, {rec['seconds']:.1f}s")
-            log(msg)
-    finally:
-        torch.use_deterministic_algorithms(det_before[0], warn_only=det_before[1])
-    model.eval()
-    return model, history
+    @classmethod
+    def start(cls, model, meta, config, dev, amp, n_train: int, state, log, out: Path) -> _Run:
+        model.to(dev)
+        in_size = tuple(meta["input_size"])
+        preprocess = Preprocess(tuple(meta["mean"]), tuple(meta["std"]), (int(in_size[1]), int(in_size[2]))).to(dev)
+        fill = (-torch.tensor(meta["mean"], dtype=torch.float32) / torch.tensor(meta["std"], dtype=torch.float32))
+        amp_dtype = None
+        if amp and dev.type == "cuda":
+            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
+        opt = _make_optimizer(model, config["optimizer"], config["lr"], config["weight_decay"], config["momentum"])
+        batch_size, epochs = config["batch_size"], config["epochs"]
+        drop_last = n_train > batch_size
+        steps = n_train // batch_size if drop_last else 1
+        if config["limit_batches"] is not None:
+            steps = max(1, min(steps, int(config["limit_batches"])))
+        total_steps = steps * epochs
+        warmup_steps = int(round(config["warmup_epochs"] * steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup_steps))
+        start_epoch = 0
+        if state is not None:
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["torch_rng"])
+            if dev.type == "cuda" and state.get("cuda_rng"):
+                torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
+            start_epoch = int(state["epoch"])
+            log(f"resuming {out.name} after epoch {start_epoch}/{epochs}")
+        criterion = NCLoss(config["mode"], alpha=config["alpha"], label_smoothing=config["label_smoothing"])
+        return cls(model=model, meta=meta, dev=dev, preprocess=preprocess, fill=fill.to(dev),
+                   pad=crop_padding(int(in_size[1])), amp_dtype=amp_dtype, scaler=scaler, opt=opt, sched=sched,
+                   criterion=criterion, steps=steps, drop_last=drop_last, start_epoch=start_epoch)
+
+
+def _train_epoch(run: _Run, train_src, epoch: int, config: dict, num_workers: int, progress: bool) -> dict:
+    """One pass over the training set; returns the epoch's loss sum, correct count, samples and last lr."""
+    model, dev, seed = run.model, run.dev, config["seed"]
+    model.train()
+    gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch) ^ 0x5EED)
+    loader = batch_loader(train_src, config["batch_size"], size=run.preprocess.size, shuffle=True,
+                          seed=_epoch_seed(seed, epoch), workers=num_workers, pin_memory=dev.type == "cuda",
+                          drop_last=run.drop_last)
+    bar = progress_bar(run.steps, f"epoch {epoch + 1}/{config['epochs']}", progress)
+    loss_sum = 0.0
+    correct = seen = 0
+    last_lr = run.opt.param_groups[0]["lr"]
+    for i, (x, y) in enumerate(loader):
+        if i >= run.steps:
+            break
+        x = run.preprocess(x.to(dev, non_blocking=True))
+        y = y.to(dev, non_blocking=True)
+        if config["augment"]:
+            x = random_crop_flip(x, pad=run.pad, flip=config["flip"], generator=gen, fill=run.fill)
+        with torch.autocast(dev.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+            logits, h = model.forward_with_embedding(x)
+            loss = run.criterion(logits, h, y)
+        if not torch.isfinite(loss):
+            raise NcprobeError(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; "
+                               f"lower --lr (now {config['lr']:g})")
+        run.opt.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        last_lr = run.opt.param_groups[0]["lr"]
+        run.sched.step()
+        b = len(y)
+        loss_sum += float(loss.detach()) * b
+        correct += int((logits.detach().argmax(1) == y).sum())
+        seen += b
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+    bar.close()
+    return {"loss_sum": loss_sum, "correct": correct, "seen": seen, "last_lr": last_lr}
+
+
+def _end_epoch(run: _Run, epoch: int, t0: float, totals: dict, val_src, config: dict, history: list, out: Path,
+               rpath: Path, log) -> dict:
+    """Validate, record the epoch, save the checkpoint and the resume state, log one line."""
+    val_acc = None
+    if val_src is not None:
+        val_acc = evaluate_accuracy(run.model, val_src, run.preprocess, run.dev,
+                                    batch_size=max(config["batch_size"], 256), amp_dtype=run.amp_dtype)
+    seen = max(1, totals["seen"])
+    rec = {"epoch": epoch + 1, "loss": totals["loss_sum"] / seen, "train_acc": totals["correct"] / seen,
+           "val_acc": val_acc, "lr": totals["last_lr"], "seconds": time.perf_counter() - t0}
+    run.meta["history"] = [*history, rec]
+    save_checkpoint(out, run.model, run.meta)
+    _save_resume(rpath, run.model, run.opt, run.sched, run.scaler, run.meta, epoch + 1, run.dev)
+    log(f"epoch {epoch + 1}/{config['epochs']}: loss {rec['loss']:.4f}, train acc {rec['train_acc']:.4f}"
+        + ("" if val_acc is None else f", val acc {val_acc:.4f}")
+        + f", lr {rec['lr']:.3g}, {rec['seconds']:.1f}s")
+    return rec
 
 
 def _save_resume(path: Path, model, opt, sched, scaler, meta, epoch: int, dev) -> None:
     """Tensors and plain containers only, so ``torch.load(weights_only=True)`` reads it."""
-    import os
-
     state = {
         "version": RESUME_VERSION,
         "meta": json.dumps(_jsonable(meta)),
