@@ -14,7 +14,12 @@ import pandas as pd
 from .checkpoint.loaded import LoadedCheckpoint
 from .jobs.compute import accuracy, collapse_table, layers_tables
 from .jobs.extract import FeatureExtractor, extract_layers_features
-from .jobs.inputs import check_labelled, resolve_checkpoint, resolve_layers_inputs, resolve_source
+from .jobs.inputs import (
+    check_labelled,
+    resolve_checkpoint,
+    resolve_layers_inputs,
+    resolve_source,
+)
 from .jobs.write import write_layers_plot, write_tables
 from .report.schema import (
     COLLAPSE_COLUMNS,
@@ -87,17 +92,18 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
     ``fit`` defaults to the ID set's train split; for a file or folder without one, give ``fit`` or
     ``fit_split`` (a fraction of the ID set, per class, held out as the fit set). With ``out``, rows
     are appended to ``out/ood.csv`` and ``out/collapse.csv`` and a plot is written to ``out/<run_id>.png``.
-    ``transfer``: labelled shifted sets (specs, ``NAME=SPEC``) for a per-layer linear probe, written to
+    ``scorer_params``: ``{"knn": {"k": 10}}`` or ``["knn.k=10", ...]``; the values used are in the
+    ``params`` column. ``transfer``: labelled shifted sets (specs, ``NAME=SPEC``) for a per-layer linear probe, written to
     ``out/transfer.csv``; the across-layer NC1 correlations go to ``out/correlation.csv``.
     """
     inputs = resolve_layers_inputs(checkpoint, id, ood, fit, fit_split=fit_split, seed=seed, scorers=scorers,
-                                   transfer=transfer, data_root=data_root, download=download,
+                                   scorer_params=scorer_params, transfer=transfer, data_root=data_root, download=download,
                                    checkpoint_options=checkpoint_options)
     ckpt = inputs.checkpoint
     extract = _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress)
     feats = extract_layers_features(inputs, extract)
     run = RunInfo.new(ckpt, group=group, seed=seed)
-    tables = layers_tables(ckpt, feats, inputs.scorers, run, scorer_params=scorer_params,
+    tables = layers_tables(ckpt, feats, inputs.scorers, run, scorer_params=inputs.scorer_params,
                            transfer_fraction=transfer_fraction, progress=progress)
     result = LayersResult(run_id=run.run_id, checkpoint=ckpt, ood=tables.ood, collapse=tables.collapse,
                           id_accuracy=tables.id_accuracy, from_cache=extract.from_cache, transfer=tables.transfer,

@@ -94,6 +94,26 @@ def test_scorers_all_runs_every_registered_scorer_and_the_default_set_is_the_reg
     assert all(name in " ".join(help_text.split()) for name in list_scorers())
 
 
+def test_scorer_params_are_applied_and_recorded(ckpt_path, tmp_path, capsys):
+    base = ["layers", ckpt_path, "--id", ID, "--fit", FIT, "--ood", OODS[1], "--no-cache", "-q", "--no-plot",
+            "--scorers", "knn,energy,vim"]
+    run_ok(base + ["--out", tmp_path / "a", "--scorer-param", "knn.k=7", "--scorer-param", "energy.T=2"], capsys)
+    run_ok(base + ["--out", tmp_path / "b", "--knn-k", "7"], capsys)
+    a, b = pd.read_csv(tmp_path / "a" / "ood.csv"), pd.read_csv(tmp_path / "b" / "ood.csv")
+    assert set(a.loc[a.scorer == "knn", "params"]) == {"k=7"} == set(b.loc[b.scorer == "knn", "params"])
+    assert set(a.loc[a.scorer == "energy", "params"]) == {"T=2"}
+    assert set(b.loc[b.scorer == "energy", "params"]) == {"T=1"}
+    # ViM's dim=None is recorded as the dimension it resolved to (d // 2 for this small head)
+    dim = int(b.loc[b.scorer == "vim", "dim"].iloc[0])
+    assert set(b.loc[b.scorer == "vim", "params"]) == {f"dim={dim // 2}"}
+    np.testing.assert_allclose(a.loc[a.scorer == "knn", "auroc"].to_numpy(), b.loc[b.scorer == "knn", "auroc"].to_numpy())
+    for bad in (["--scorer-param", "knn.kk=3"], ["--scorer-param", "knn=3"]):
+        code, _, err = run_cli(base + ["--out", tmp_path / "c"] + bad, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(base + ["--out", tmp_path / "c", "--scorer-param", "knn=3"], capsys)
+    assert "--scorer-param" in err and "NAME.PARAM=VALUE" in err
+
+
 def test_fit_split_and_collapse_and_eval(ckpt_path, tmp_path, capsys):
     out = tmp_path / "r"
     text = run_ok(["layers", ckpt_path, "--id", ID, "--fit-split", "0.5", "--ood", OODS[1], "--out", out,

@@ -83,10 +83,13 @@ def test_boundary_exactly_95_percent():
 
 def test_perfect_and_all_tied():
     got = ood_metrics([2.0, 3.0], [0.0, 1.0])
-    assert got == {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95": 0.0, "fpr95_oodpos": 0.0}
+    assert got == {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "aupr_in_trapz": 1.0, "aupr_out_trapz": 1.0,
+                   "fpr95": 0.0, "fpr95_oodpos": 0.0}
     got = ood_metrics([1.0, 1.0], [1.0, 1.0, 1.0])
     assert got["auroc"] == 0.5 and got["fpr95"] == 1.0 and got["fpr95_oodpos"] == 1.0
     assert got["aupr_in"] == pytest.approx(0.4) and got["aupr_out"] == pytest.approx(0.6)
+    # one threshold: the trapezoid from (recall 0, precision 1) to (1, 0.4) / (1, 0.6)
+    assert got["aupr_in_trapz"] == pytest.approx(0.7) and got["aupr_out_trapz"] == pytest.approx(0.8)
 
 
 def test_torch_input():
@@ -106,3 +109,26 @@ def test_errors_name_the_set_and_count():
         auroc([np.nan, 1.0], [0.0])
     with pytest.raises(ScoringError, match="1-D"):
         ood_metrics(np.ones((2, 2)), [0.0])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_trapezoidal_aupr_equals_sklearn_auc_of_the_pr_curve(ties):
+    from sklearn.metrics import auc, precision_recall_curve
+
+    from ncprobe.metrics import aupr_in_trapz, aupr_out_trapz
+
+    rng = np.random.default_rng(7)
+    s_id, s_ood = rng.normal(1.0, 1.0, 300), rng.normal(0.0, 1.0, 200)
+    if ties:
+        s_id, s_ood = np.round(s_id, 1), np.round(s_ood, 1)
+    y = np.r_[np.ones(300), np.zeros(200)]
+    s = np.r_[s_id, s_ood]
+    p_in, r_in, _ = precision_recall_curve(y, s)
+    p_out, r_out, _ = precision_recall_curve(1 - y, -s)
+    m = ood_metrics(s_id, s_ood)
+    np.testing.assert_allclose(m["aupr_in_trapz"], auc(r_in, p_in), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(m["aupr_out_trapz"], auc(r_out, p_out), rtol=0, atol=1e-12)
+    assert aupr_in_trapz(s_id, s_ood) == m["aupr_in_trapz"] and aupr_out_trapz(s_id, s_ood) == m["aupr_out_trapz"]
+    # the two AUPR definitions are different numbers once scores tie
+    if ties:
+        assert abs(m["aupr_in_trapz"] - m["aupr_in"]) > 1e-4

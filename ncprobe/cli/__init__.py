@@ -62,7 +62,7 @@ def cli():
 
 
 # Python parameters whose flag is not simply --name-with-dashes
-_FLAGS = {"use_cache": "--no-cache", "progress": "--quiet", "cache_dir": "--cache"}
+_FLAGS = {"use_cache": "--no-cache", "progress": "--quiet", "cache_dir": "--cache", "scorer_params": "--scorer-param"}
 
 
 def flag_for(parameter: str) -> str:

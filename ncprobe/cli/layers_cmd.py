@@ -28,7 +28,10 @@ from .options import (
 @scorers_option
 @click.option("--layers", default=None, metavar="NAMES",
               help="Comma-separated probe points, or 'all' (default: the block groups, penultimate, logits).")
-@click.option("--knn-k", type=click.IntRange(min=1), default=None, help="k of the kNN scorer (default 50).")
+@click.option("--scorer-param", "scorer_params", multiple=True, metavar="NAME.PARAM=VALUE",
+              help="A scorer's hyper-parameter, e.g. knn.k=10 or react.percentile=95; repeatable. "
+                   "The values used are recorded in ood.csv's params column.")
+@click.option("--knn-k", type=click.IntRange(min=1), default=None, help="Same as --scorer-param knn.k=K.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("ncprobe-runs"), show_default=True,
               metavar="DIR", help="Append rows to DIR/ood.csv and DIR/collapse.csv; write DIR/<run_id>.png.")
 @click.option("--transfer", "transfer_specs", multiple=True, metavar="NAME=SPEC",
@@ -39,7 +42,8 @@ from .options import (
 @click.option("--no-plot", is_flag=True, help="Skip the per-run figure.")
 @checkpoint_options
 @run_options
-def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers, knn_k, out, transfer_specs, group,
+def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers, scorer_params, knn_k, out,
+            transfer_specs, group,
             seed, no_plot, checkpoint_options, run):
     """How collapsed each layer of CKPT is, and how well each OOD score separates ID from OOD there.
 
@@ -57,7 +61,7 @@ def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers
 
     started = time.perf_counter()
     out_dir = ensure_writable_dir(out)
-    params = {"knn": {"k": knn_k}} if knn_k else None
+    params = list(scorer_params) + ([f"knn.k={knn_k}"] if knn_k else [])
     result = run_layers(checkpoint, id_spec, list(ood_specs), fit_spec, scorers=scorers, layers=layers, out=out_dir,
                         fit_split=fit_split, seed=seed, group=group, checkpoint_options=checkpoint_options,
                         scorer_params=params, plot=not no_plot, transfer=list(transfer_specs), **run)

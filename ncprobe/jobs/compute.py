@@ -72,6 +72,7 @@ def ood_frame(fit_fs, id_fs, ood_sets: list, stats: dict, head, scorers: list[st
               progress: bool = False) -> pd.DataFrame:
     """One row per (layer, scorer, OOD set) with AUROC, AUPR-In/Out and both FPR@95 conventions."""
     from ..metrics import ood_metrics
+    from ..scores.base import params_string
 
     jobs = scorer_jobs(fit_fs.layers, scorers, head, params)
     rows = []
@@ -79,10 +80,11 @@ def ood_frame(fit_fs, id_fs, ood_sets: list, stats: dict, head, scorers: list[st
     for index, layer, name, scorer in jobs:
         scorer.fit(fit_fs[layer], fit_fs.labels, head=head, stats=stats.get(layer))
         id_scores = scorer.score(id_fs[layer])
+        effective = params_string(scorer.effective_params())
         for ood_fs in ood_sets:
             m = ood_metrics(id_scores, scorer.score(ood_fs[layer]))
             rows.append({"ood": ood_fs.name, "layer": layer, "layer_index": index, "dim": fit_fs.dim(layer),
-                         "scorer": name, **m, "n_ood": len(ood_fs)})
+                         "scorer": name, "params": effective, "tuned_on": "", **m, "n_ood": len(ood_fs)})
         bar.update(1)
     bar.close()
     return pd.DataFrame(rows)

@@ -51,6 +51,42 @@ def resolve_scorers(scorers) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _parse_value(text: str):
+    low = text.strip().lower()
+    if low == "none":
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def resolve_scorer_params(params) -> dict[str, dict]:
+    """``{"knn": {"k": 10}}`` as given, or ``["knn.k=10", "react.percentile=95"]`` parsed (numbers,
+    true/false and none are typed); every scorer and parameter name is checked against the registry."""
+    from ..scores import get_scorer
+
+    if not params:
+        return {}
+    if isinstance(params, dict):
+        out = {str(k).lower(): dict(v) for k, v in params.items()}
+    else:
+        out = {}
+        for item in [params] if isinstance(params, str) else params:
+            name_param, sep, value = str(item).partition("=")
+            name, dot, param = name_param.strip().partition(".")
+            if not (sep and dot and name and param.strip()):
+                raise ParameterError(f"{{scorer_params}} {item!r} is not NAME.PARAM=VALUE; e.g. knn.k=10")
+            out.setdefault(name.lower(), {})[param.strip()] = _parse_value(value)
+    for name, values in out.items():
+        get_scorer(name, **values)  # unknown scorer or parameter: the registry's one-line error
+    return out
+
+
 def check_labelled(source, num_classes: int, role: str) -> None:
     """A fit/evaluation set (features or source) must be non-empty, labelled, within the head's classes."""
     labels = np.asarray(source.labels)
@@ -115,6 +151,7 @@ class LayersInputs:
     split: tuple[np.ndarray, np.ndarray] | None = None  # (fit rows, remaining ID rows) of ``id``
     transfer: list[DataSource] = field(default_factory=list)
     seed: int = 0
+    scorer_params: dict = field(default_factory=dict)
 
 
 def _as_list(specs) -> list:
@@ -123,11 +160,12 @@ def _as_list(specs) -> list:
     return [specs] if isinstance(specs, (str, DataSource)) else list(specs)
 
 
-def resolve_layers_inputs(checkpoint, id, ood, fit=None, *, fit_split=None, seed=0, scorers=None, transfer=None,
-                          data_root=None, download=False, checkpoint_options=None) -> LayersInputs:
+def resolve_layers_inputs(checkpoint, id, ood, fit=None, *, fit_split=None, seed=0, scorers=None, scorer_params=None,
+                          transfer=None, data_root=None, download=False, checkpoint_options=None) -> LayersInputs:
     """Resolve and check the inputs of a ``layers`` run; nothing here runs the network."""
     ckpt = resolve_checkpoint(checkpoint, checkpoint_options)
     names = resolve_scorers(scorers)
+    params = resolve_scorer_params(scorer_params)
     ood = _as_list(ood)
     if not ood:
         raise ParameterError("no OOD set given; pass at least one {ood} SPEC")
@@ -145,7 +183,8 @@ def resolve_layers_inputs(checkpoint, id, ood, fit=None, *, fit_split=None, seed
                 f"the ID set {id_source.name!r} has no train split to fit on; pass {{fit}} SPEC "
                 f"or {{fit_split}} 0.5 to hold out half of it"
             )
-    inputs = LayersInputs(checkpoint=ckpt, scorers=names, id=id_source, ood=[], fit_split=fit_split, seed=seed)
+    inputs = LayersInputs(checkpoint=ckpt, scorers=names, id=id_source, ood=[], fit_split=fit_split, seed=seed,
+                          scorer_params=params)
     if fit is not None:
         inputs.fit = source(fit, "train")
         check_labelled(inputs.fit, ckpt.num_classes, "fit")

@@ -61,6 +61,8 @@ def leaderboard(df: pd.DataFrame, *, layer: str = "best", scorers=None, group_by
     if bad:
         raise NcprobeError(f"cannot group by {', '.join(bad)}: not a column of ood.csv (columns: {', '.join(df.columns)})")
     chosen = choose_layer(df, layer)
+    if "params" in chosen.columns and "params" not in group_by:
+        group_by.append("params")  # a scorer run with other hyper-parameters is another entry, never pooled
     extra = {c: (c, "first") for c in group_by if c not in ("run_id", "scorer")}
     per_run = chosen.groupby(["run_id", "scorer"], sort=False).agg(
         layer=("layer", "first"), auroc=("auroc", "mean"), fpr95=("fpr95", "mean"),

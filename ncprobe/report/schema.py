@@ -18,7 +18,8 @@ from ..stats.collapse import NC_COLUMNS
 
 #: ood.csv: one row per (layer, scorer, OOD set)
 OOD_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "id", "fit", "ood",
-               "layer", "layer_index", "dim", "scorer", "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_oodpos",
+               "layer", "layer_index", "dim", "scorer", "params", "tuned_on", "auroc", "aupr_in", "aupr_out",
+               "aupr_in_trapz", "aupr_out_trapz", "fpr95", "fpr95_oodpos",
                "id_accuracy", "n_fit", "n_id", "n_ood", "seed", "group", "ncprobe_version"]
 #: collapse.csv: one row per probed layer of the fit (or --data) set
 COLLAPSE_COLUMNS = ["checkpoint", "checkpoint_sha256", "arch", "data", "layer", "layer_index", "dim", "n",

@@ -27,7 +27,7 @@ from ..validation import (
     count_nonfinite_rows,
 )
 
-__all__ = ["Scorer", "check_matrix", "check_labels", "check_head"]
+__all__ = ["Scorer", "check_matrix", "check_labels", "check_head", "params_string"]
 
 
 def check_labels(labels, n: int) -> np.ndarray:
@@ -53,6 +53,10 @@ class Scorer:
     paper: str = ""
     #: tunable hyper-parameters and the grid each is searched over on a validation OOD set
     grid: dict = {}
+    #: parameters that choose how, not what, is computed (left out of the ``params`` column)
+    execution_params: tuple = ()
+    #: parameter -> fitted attribute holding its resolved value (e.g. ViM's dim=None -> dim_principal_)
+    resolved_params: dict = {}
     #: rows scored per batch; None: about ``batch_values`` values per batch (bounded memory)
     batch_size: int | None = None
     batch_values: int = 1 << 21
@@ -76,6 +80,16 @@ class Scorer:
     def get_params(self) -> dict:
         """Hyper-parameters by name (the ``__init__`` keyword arguments)."""
         return {k: getattr(self, k) for k in self._param_names()}
+
+    def effective_params(self) -> dict:
+        """The hyper-parameters that decide the scores, with defaults resolved once fitted."""
+        out = {}
+        for key, value in self.get_params().items():
+            if key in self.execution_params:
+                continue
+            attr = self.resolved_params.get(key)
+            out[key] = getattr(self, attr, value) if (attr and self._fitted) else value
+        return out
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -170,3 +184,15 @@ class Scorer:
 
     def _score_batch(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
         raise NotImplementedError
+
+
+def params_string(params: dict) -> str:
+    """``{"k": 50, "T": 1.0}`` -> ``"k=50,T=1"``: the compact form of the ``params`` column."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:g}"
+        if isinstance(v, (list, tuple)):
+            return "/".join(fmt(x) for x in v)
+        return str(v)
+
+    return ",".join(f"{k}={fmt(v)}" for k, v in params.items())

@@ -186,6 +186,8 @@ class KNN(Scorer):
     """
 
     name = "knn"
+    execution_params = ("backend", "device")
+    resolved_params = {"k": "k_"}
     default = True
     paper = "Sun et al., ICML 2022"
     batch_values = 1 << 24  # the engine blocks internally; large batches amortize the thread pool

@@ -39,6 +39,7 @@ class ViM(Scorer):
     """
 
     name = "vim"
+    resolved_params = {"dim": "dim_principal_"}
     default = True
     paper = "Wang et al., CVPR 2022"
     needs_head = True
@@ -91,6 +92,7 @@ class NECO(Scorer):
     """
 
     name = "neco"
+    resolved_params = {"dim": "dim_principal_"}
     default = True
     paper = "Ammar et al., ICLR 2024"
     needs_head = True
