@@ -88,7 +88,7 @@ def test_scorers_all_runs_every_registered_scorer_and_the_default_set_is_the_reg
     run_ok(base + ["--out", tmp_path / "default"], capsys)
     default = pd.read_csv(tmp_path / "default" / "ood.csv")
     assert set(default["scorer"]) == set(default_scorers())
-    for layer, part in default.groupby("layer"):  # within a layer, scorers come in the registry's order
+    for _layer, part in default.groupby("layer"):  # within a layer, scorers come in the registry's order
         assert list(dict.fromkeys(part["scorer"])) == [n for n in default_scorers() if n in set(part["scorer"])]
     help_text = run_ok(["layers", "--help"], capsys)
     assert all(name in " ".join(help_text.split()) for name in list_scorers())
