@@ -20,7 +20,7 @@ from .jobs.inputs import (
     resolve_layers_inputs,
     resolve_source,
 )
-from .jobs.write import write_layers_plot, write_tables
+from .jobs.write import write_layers_plot, write_scores, write_tables
 from .report.schema import (
     COLLAPSE_COLUMNS,
     CORRELATION_COLUMNS,
@@ -48,6 +48,9 @@ class LayersResult:
     out: Path | None = None
     plot_path: Path | None = None
     extras: dict = field(default_factory=dict)
+    #: per-sample scores (with save_scores): set, index, label and one column per layer/scorer
+    scores: pd.DataFrame | None = None
+    scores_path: Path | None = None
 
 
 def _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress) -> FeatureExtractor:
@@ -86,7 +89,7 @@ def collapse(checkpoint, data, *, layers=None, out=None, device=None, batch_size
 def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None, device=None, batch_size=256,
            cache_dir=None, use_cache=True, fit_split=None, seed=0, group=None, progress=True, data_root=None,
            download=False, checkpoint_options=None, scorer_params=None, plot=True, transfer=None,
-           transfer_fraction=0.5) -> LayersResult:
+           transfer_fraction=0.5, val_ood=None, save_scores=False) -> LayersResult:
     """The main job: per-layer NC metrics and OOD scores of ``checkpoint`` for ID set ``id`` against ``ood``.
 
     ``fit`` defaults to the ID set's train split; for a file or folder without one, give ``fit`` or
@@ -95,23 +98,30 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
     ``scorer_params``: ``{"knn": {"k": 10}}`` or ``["knn.k=10", ...]``; the values used are in the
     ``params`` column. ``transfer``: labelled shifted sets (specs, ``NAME=SPEC``) for a per-layer linear probe, written to
     ``out/transfer.csv``; the across-layer NC1 correlations go to ``out/correlation.csv``.
+    ``val_ood``: validation OOD sets on which each tunable scorer's grid is searched (AUROC against
+    the ID set); the test OOD sets never influence the choice, recorded in ``params``/``tuned_on``.
+    ``save_scores``: keep every per-sample score vector in ``result.scores`` (and, with ``out``,
+    write ``out/<run_id>.scores.npz``).
     """
     inputs = resolve_layers_inputs(checkpoint, id, ood, fit, fit_split=fit_split, seed=seed, scorers=scorers,
-                                   scorer_params=scorer_params, transfer=transfer, data_root=data_root, download=download,
+                                   scorer_params=scorer_params, transfer=transfer, val_ood=val_ood, data_root=data_root, download=download,
                                    checkpoint_options=checkpoint_options)
     ckpt = inputs.checkpoint
     extract = _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress)
     feats = extract_layers_features(inputs, extract)
     run = RunInfo.new(ckpt, group=group, seed=seed)
     tables = layers_tables(ckpt, feats, inputs.scorers, run, scorer_params=inputs.scorer_params,
-                           transfer_fraction=transfer_fraction, progress=progress)
+                           transfer_fraction=transfer_fraction, progress=progress, keep_scores=save_scores)
     result = LayersResult(run_id=run.run_id, checkpoint=ckpt, ood=tables.ood, collapse=tables.collapse,
                           id_accuracy=tables.id_accuracy, from_cache=extract.from_cache, transfer=tables.transfer,
-                          correlation=tables.correlation)
-    result.extras["features"] = {"fit": feats.fit, "id": feats.id, "ood": feats.ood, "transfer": feats.transfer}
+                          correlation=tables.correlation, scores=tables.scores)
+    result.extras["features"] = {"fit": feats.fit, "id": feats.id, "ood": feats.ood, "transfer": feats.transfer,
+                                 "val": feats.val}
     if out is not None:
         result.out = write_tables(out, {"ood.csv": tables.ood, "collapse.csv": tables.collapse,
                                         "transfer.csv": tables.transfer, "correlation.csv": tables.correlation})
+        if save_scores:
+            result.scores_path = write_scores(result.out, tables.scores, run.run_id)
         if plot:
             result.plot_path = write_layers_plot(result.out, tables.collapse, tables.ood, run.run_id,
                                                  title=f"{ckpt.name} ({ckpt.arch}) - ID {feats.id.name}")

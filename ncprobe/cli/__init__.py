@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 
 import click
 
@@ -70,8 +71,13 @@ def flag_for(parameter: str) -> str:
     return _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return "warning: " + " ".join(str(message).split()) + "\n"
+
+
 def main(argv=None) -> None:
     """Console entry point: runs the group and turns user mistakes into one-line errors, exit 2."""
+    warnings.formatwarning = _one_line_warning  # a warning is one line too, without the source line
     try:
         cli.main(args=argv, prog_name="ncprobe", standalone_mode=False)
     except NcprobeError as exc:

@@ -37,13 +37,18 @@ from .options import (
 @click.option("--transfer", "transfer_specs", multiple=True, metavar="NAME=SPEC",
               help="Labelled shifted set for a per-layer linear probe (OOD generalization); repeatable. "
                    "Half of it (per class) trains the probe, the rest measures accuracy.")
+@click.option("--val-ood", "val_specs", multiple=True, metavar="SPEC",
+              help="Validation OOD set (repeatable): each tunable scorer's hyper-parameters are chosen from its grid "
+                   "by AUROC on these sets, never on the --ood sets, and recorded in the params column.")
+@click.option("--save-scores", is_flag=True,
+              help="Also write every per-sample score (ID and OOD sets, every layer/scorer) to DIR/<run_id>.scores.npz.")
 @click.option("--group", default=None, help="Tag for the leaderboard, e.g. one recipe over several seeds.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --fit-split (stored with the rows).")
 @click.option("--no-plot", is_flag=True, help="Skip the per-run figure.")
 @checkpoint_options
 @run_options
 def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers, scorer_params, knn_k, out,
-            transfer_specs, group,
+            transfer_specs, val_specs, save_scores, group,
             seed, no_plot, checkpoint_options, run):
     """How collapsed each layer of CKPT is, and how well each OOD score separates ID from OOD there.
 
@@ -64,7 +69,8 @@ def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers
     params = list(scorer_params) + ([f"knn.k={knn_k}"] if knn_k else [])
     result = run_layers(checkpoint, id_spec, list(ood_specs), fit_spec, scorers=scorers, layers=layers, out=out_dir,
                         fit_split=fit_split, seed=seed, group=group, checkpoint_options=checkpoint_options,
-                        scorer_params=params, plot=not no_plot, transfer=list(transfer_specs), **run)
+                        scorer_params=params, plot=not no_plot, transfer=list(transfer_specs), val_ood=list(val_specs),
+                        save_scores=save_scores, **run)
     ckpt = result.checkpoint
     row = result.ood.iloc[0]
     click.echo(f"{ckpt.name} ({ckpt.arch}, {ckpt.num_classes} classes)  ID {row['id']} "
@@ -89,6 +95,8 @@ def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers
     if note:
         click.echo(note)
     written = ["ood.csv", "collapse.csv", "correlation.csv"] + (["transfer.csv"] if transfer_specs else [])
+    if result.scores_path is not None:
+        written.append(result.scores_path.name)
     click.echo(f"run {result.run_id}: wrote {', '.join(str(out_dir / w) for w in written)}"
                + (f", {result.plot_path}" if result.plot_path else ""))
     click.echo(f"done in {time.perf_counter() - started:.1f}s")

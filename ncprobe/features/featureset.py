@@ -22,6 +22,12 @@ class FeatureSet:
     from_cache: bool = False
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    #: row -> sample index in the source (None: row i is sample i)
+    index: np.ndarray | None = None
+
+    def sample_index(self) -> np.ndarray:
+        """Each row's index in the data source it was read from."""
+        return np.arange(len(self)) if self.index is None else self.index
 
     def __len__(self) -> int:
         return int(len(self.labels))
@@ -42,4 +48,5 @@ class FeatureSet:
             from_cache=self.from_cache,
             seconds=self.seconds,
             meta=dict(self.meta),
+            index=self.sample_index()[idx],
         )

@@ -7,8 +7,11 @@ long-format DataFrames without run metadata; :func:`layers_tables` stamps the ru
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from ..features.probe_points import LOGITS, PENULTIMATE
@@ -68,26 +71,91 @@ def scorer_jobs(layers: list[str], scorers: list[str], head, params: dict | None
     return jobs
 
 
+def tune_scorer(name: str, layer: str, fit_fs, id_fs, val_sets: list, stats: dict, head, fixed: dict):
+    """The scorer ``name`` at ``layer`` with its grid's best hyper-parameters, chosen by mean AUROC of
+    the ID set against the validation OOD sets only (OpenOOD v1.5's protocol); parameters the user
+    fixed are not searched. Grid points that cannot fit this layer (e.g. a dimension above its
+    width) are skipped; ties keep the first point of the grid. None when there is nothing to tune."""
+    from ..errors import ScoringError
+    from ..metrics import auroc
+    from ..scores import get_scorer, scorer_class
+    from ..scores.base import params_string
+
+    grid = {k: tuple(v) for k, v in scorer_class(name).grid.items() if k not in fixed}
+    if not val_sets or not grid:
+        return None
+    best, seen = None, set()
+    for combo in itertools.product(*grid.values()):
+        scorer = get_scorer(name, **fixed, **dict(zip(grid, combo, strict=True)))
+        try:
+            with warnings.catch_warnings():  # e.g. k above the fit size: clipped, then skipped as a repeat
+                warnings.simplefilter("ignore")
+                scorer.fit(fit_fs[layer], fit_fs.labels, head=head, stats=stats.get(layer))
+            effective = params_string(scorer.effective_params())
+            if effective in seen:
+                continue
+            seen.add(effective)
+            id_scores = scorer.score(id_fs[layer])
+            value = float(np.mean([auroc(id_scores, scorer.score(v[layer])) for v in val_sets]))
+        except ScoringError:
+            continue
+        if best is None or value > best[0]:
+            best = (value, scorer)
+    return None if best is None else best[1]
+
+
 def ood_frame(fit_fs, id_fs, ood_sets: list, stats: dict, head, scorers: list[str], params: dict | None = None,
-              progress: bool = False) -> pd.DataFrame:
-    """One row per (layer, scorer, OOD set) with AUROC, AUPR-In/Out and both FPR@95 conventions."""
+              progress: bool = False, val_sets: list | None = None, collect: dict | None = None) -> pd.DataFrame:
+    """One row per (layer, scorer, OOD set) with AUROC, AUPR-In/Out and both FPR@95 conventions.
+
+    ``val_sets``: validation OOD feature sets on which each tunable scorer's grid is searched first
+    (:func:`tune_scorer`); ``collect``: a dict that receives every score vector, keyed
+    ``(set name, layer, scorer)``.
+    """
     from ..metrics import ood_metrics
     from ..scores.base import params_string
 
+    params = params or {}
     jobs = scorer_jobs(fit_fs.layers, scorers, head, params)
+    tuned_on = ",".join(v.name for v in val_sets or [])
     rows = []
     bar = progress_bar(len(jobs), "scoring", progress)
     for index, layer, name, scorer in jobs:
-        scorer.fit(fit_fs[layer], fit_fs.labels, head=head, stats=stats.get(layer))
+        tuned = tune_scorer(name, layer, fit_fs, id_fs, val_sets or [], stats, head, params.get(name, {}))
+        if tuned is not None:
+            scorer = tuned
+        else:
+            scorer.fit(fit_fs[layer], fit_fs.labels, head=head, stats=stats.get(layer))
         id_scores = scorer.score(id_fs[layer])
         effective = params_string(scorer.effective_params())
+        if collect is not None:
+            collect[(id_fs.name, layer, name)] = id_scores
         for ood_fs in ood_sets:
-            m = ood_metrics(id_scores, scorer.score(ood_fs[layer]))
+            ood_scores = scorer.score(ood_fs[layer])
+            if collect is not None:
+                collect[(ood_fs.name, layer, name)] = ood_scores
+            m = ood_metrics(id_scores, ood_scores)
             rows.append({"ood": ood_fs.name, "layer": layer, "layer_index": index, "dim": fit_fs.dim(layer),
-                         "scorer": name, "params": effective, "tuned_on": "", **m, "n_ood": len(ood_fs)})
+                         "scorer": name, "params": effective, "tuned_on": tuned_on if tuned is not None else "",
+                         **m, "n_ood": len(ood_fs)})
         bar.update(1)
     bar.close()
     return pd.DataFrame(rows)
+
+
+def scores_frame(collect: dict, id_fs, ood_sets: list) -> pd.DataFrame:
+    """Per-sample scores, wide: one row per sample of the ID set then of each OOD set (``set``,
+    ``index`` in its source, ``label``, -1 where unknown), one float64 column per ``layer/scorer``."""
+    sets = [id_fs, *ood_sets]
+    columns = list(dict.fromkeys((layer, scorer) for (_, layer, scorer) in collect))
+    table = pd.DataFrame({
+        "set": np.concatenate([np.full(len(fs), fs.name, dtype=object) for fs in sets]),
+        "index": np.concatenate([fs.sample_index() for fs in sets]).astype(np.int64),
+        "label": np.concatenate([fs.labels for fs in sets]).astype(np.int64),
+    })
+    for layer, scorer in columns:
+        table[f"{layer}/{scorer}"] = np.concatenate([collect[(fs.name, layer, scorer)] for fs in sets])
+    return table
 
 
 def accuracy(fs, num_classes: int) -> float:
@@ -114,10 +182,11 @@ class LayersTables:
     transfer: pd.DataFrame
     correlation: pd.DataFrame
     id_accuracy: float
+    scores: pd.DataFrame | None = None
 
 
 def layers_tables(ckpt, feats: LayersFeatures, scorers: list[str], run: RunInfo, *, scorer_params=None,
-                  transfer_fraction: float = 0.5, progress: bool = False) -> LayersTables:
+                  transfer_fraction: float = 0.5, progress: bool = False, keep_scores: bool = False) -> LayersTables:
     """Statistics, collapse, scores, transfer and correlation of one ``layers`` run."""
     from ..transfer import (  # scipy.stats and sklearn: only for this job
         correlation_frame,
@@ -128,7 +197,9 @@ def layers_tables(ckpt, feats: LayersFeatures, scorers: list[str], run: RunInfo,
     stats = layer_stats(feats.fit, ckpt.num_classes)
     collapse = stamp(collapse_frame(feats.fit, stats, head), run, COLLAPSE_COLUMNS, data=feats.fit.name)
     id_acc = accuracy(feats.id, ckpt.num_classes)
-    ood = ood_frame(feats.fit, feats.id, feats.ood, stats, head, scorers, scorer_params, progress=progress)
+    collect = {} if keep_scores else None
+    ood = ood_frame(feats.fit, feats.id, feats.ood, stats, head, scorers, scorer_params, progress=progress,
+                    val_sets=feats.val, collect=collect)
     ood = stamp(ood, run, OOD_COLUMNS, id=feats.id.name, fit=feats.fit.name, id_accuracy=id_acc,
                 n_fit=len(feats.fit), n_id=len(feats.id))
     transfer = pd.DataFrame(columns=TRANSFER_COLUMNS)
@@ -137,6 +208,7 @@ def layers_tables(ckpt, feats: LayersFeatures, scorers: list[str], run: RunInfo,
         transfer = stamp(pd.concat(parts, ignore_index=True), run, TRANSFER_COLUMNS)
     correlation = correlation_frame(collapse, ood, transfer)
     correlation = stamp(correlation, run, CORRELATION_COLUMNS) if not correlation.empty else correlation
+    scores = scores_frame(collect, feats.id, feats.ood) if keep_scores else None
     return LayersTables(run=run, ood=ood, collapse=collapse, transfer=transfer, correlation=correlation,
-                        id_accuracy=id_acc)
+                        id_accuracy=id_acc, scores=scores)
 

@@ -37,6 +37,7 @@ class LayersFeatures:
     id: FeatureSet
     ood: list[FeatureSet]
     transfer: list[FeatureSet] = field(default_factory=list)
+    val: list[FeatureSet] = field(default_factory=list)  # validation OOD sets (hyper-parameter choice only)
 
 
 def extract_layers_features(inputs: LayersInputs, extract: FeatureExtractor) -> LayersFeatures:
@@ -52,4 +53,5 @@ def extract_layers_features(inputs: LayersInputs, extract: FeatureExtractor) -> 
         id_fs = extract(inputs.id)
     ood = [extract(src) for src in inputs.ood]
     transfer = [extract(src) for src in inputs.transfer]
-    return LayersFeatures(fit=fit_fs, id=id_fs, ood=ood, transfer=transfer)
+    val = [extract(src) for src in inputs.val]
+    return LayersFeatures(fit=fit_fs, id=id_fs, ood=ood, transfer=transfer, val=val)

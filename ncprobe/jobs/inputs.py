@@ -152,6 +152,7 @@ class LayersInputs:
     transfer: list[DataSource] = field(default_factory=list)
     seed: int = 0
     scorer_params: dict = field(default_factory=dict)
+    val: list[DataSource] = field(default_factory=list)  # validation OOD sets: tune, never report
 
 
 def _as_list(specs) -> list:
@@ -161,7 +162,8 @@ def _as_list(specs) -> list:
 
 
 def resolve_layers_inputs(checkpoint, id, ood, fit=None, *, fit_split=None, seed=0, scorers=None, scorer_params=None,
-                          transfer=None, data_root=None, download=False, checkpoint_options=None) -> LayersInputs:
+                          transfer=None, val_ood=None, data_root=None, download=False,
+                          checkpoint_options=None) -> LayersInputs:
     """Resolve and check the inputs of a ``layers`` run; nothing here runs the network."""
     ckpt = resolve_checkpoint(checkpoint, checkpoint_options)
     names = resolve_scorers(scorers)
@@ -198,4 +200,12 @@ def resolve_layers_inputs(checkpoint, id, ood, fit=None, *, fit_split=None, seed
         inputs.split = stratified_split(np.asarray(id_source.labels), float(fit_split), seed)
         check_class_sizes(id_source.labels[inputs.split[0]], names)
     inputs.transfer = [source(spec, "test") for spec in _as_list(transfer)]
+    inputs.val = [source(spec, "test") for spec in _as_list(val_ood)]
+    test_names = {src.name for src in inputs.ood}
+    for src in inputs.val:
+        if len(src) == 0:
+            raise NcprobeError(f"the validation OOD set {src.name!r} is empty; check its path and options")
+        if src.name in test_names or src.fingerprint in {t.fingerprint for t in inputs.ood}:
+            raise ParameterError(f"{src.name!r} is both a test OOD set and a validation OOD set; tuning on a "
+                                 "test set would report a tuned number: give {val_ood} a set not in {ood}")
     return inputs

@@ -63,6 +63,7 @@ class Energy(_LogitScorer):
     score = T logsumexp_c(l_c / T), T = 1 by default."""
 
     name = "energy"
+    grid = {"T": (1.0, 10.0, 100.0, 1000.0)}
     default = True
     paper = "Liu et al., NeurIPS 2020"
 
@@ -82,6 +83,7 @@ class GEN(_LogitScorer):
     score = -sum_{j in top-M} p_j^gamma (1 - p_j)^gamma, p = softmax(l), M = min(M, C), gamma = 0.1."""
 
     name = "gen"
+    grid = {"gamma": (0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0), "M": (10, 50, 100)}
     default = True
     paper = "Liu, Lochman & Zach, CVPR 2023"
 

@@ -186,6 +186,7 @@ class KNN(Scorer):
     """
 
     name = "knn"
+    grid = {"k": (50, 100, 200, 500, 1000)}
     execution_params = ("backend", "device")
     resolved_params = {"k": "k_"}
     default = True

@@ -24,6 +24,7 @@ class ProbeEnergy(Scorer):
     """
 
     name = "probe_energy"
+    grid = {"c": (0.1, 1.0, 10.0)}
     default = True
     paper = "Harun, Gallardo & Kanan, ICML 2025"
     needs_labels = True

@@ -39,6 +39,7 @@ class ViM(Scorer):
     """
 
     name = "vim"
+    grid = {"dim": (64, 128, 256, 512, 1000)}
     resolved_params = {"dim": "dim_principal_"}
     default = True
     paper = "Wang et al., CVPR 2022"
@@ -92,6 +93,7 @@ class NECO(Scorer):
     """
 
     name = "neco"
+    grid = {"dim": (10, 50, 100, 200)}
     resolved_params = {"dim": "dim_principal_"}
     default = True
     paper = "Ammar et al., ICLR 2024"
