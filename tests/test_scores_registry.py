@@ -194,3 +194,17 @@ def test_overflowing_scores_raise_instead_of_returning_inf():
     s = get_scorer("energy", T=1e-300).fit()
     with pytest.raises(ScoringError, match="produced 1 non-finite scores of 2"):
         s.score(np.array([[1e10, 0.0], [0.0, 0.0]]))
+
+
+def test_readme_scorer_table_is_the_registrys():
+    from pathlib import Path
+
+    from ncprobe.scores import scorer_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- scorers:begin -->\n")[1].split("\n<!-- scorers:end -->")[0]
+    assert block == scorer_table(), (
+        "README's scorer table is stale; regenerate it with "
+        "python -c 'from ncprobe.scores import scorer_table; print(scorer_table())'"
+    )
+    assert len(ALL) >= 30

@@ -17,11 +17,12 @@ from .registry import (
     list_scorers,
     register_scorer,
     scorer_class,
+    scorer_table,
     scorers_help,
 )
 
 __all__ = ["Scorer", "default_scorers", "get_scorer", "list_scorers", "register_scorer", "scorer_class",
-           "scorers_help"]
+           "scorer_table", "scorers_help"]
 
 # The first families in the order the tables show them (logit scores, Gaussian, neighbours,
 # subspace, geometry, probe energy); every other module of the package after them, by name.

@@ -12,7 +12,8 @@ import inspect
 from ..errors import ScoringError
 from .base import Scorer
 
-__all__ = ["register_scorer", "get_scorer", "list_scorers", "default_scorers", "scorer_class", "scorers_help"]
+__all__ = ["register_scorer", "get_scorer", "list_scorers", "default_scorers", "scorer_class", "scorers_help",
+           "scorer_table"]
 
 _REGISTRY: dict[str, type[Scorer]] = {}
 
@@ -74,3 +75,25 @@ def get_scorer(name: str, **params) -> Scorer:
             f"its parameters are: {', '.join(allowed) or '(none)'}"
         )
     return cls(**params)
+
+
+def scorer_table() -> str:
+    """The README's table of scorers (markdown), in registration order: name, paper, input, default
+    parameters, tunable grid, and whether it is in the default set."""
+    from .base import params_string
+
+    def grid_text(grid: dict) -> str:
+        return "; ".join(f"{k} in {{{', '.join(map(str, v))}}}" for k, v in grid.items()) or "-"
+
+    rows = ["| scorer | paper | input | defaults | tuning grid (`--val-ood`) | default set |",
+            "|---|---|---|---|---|---|"]
+    for name in list_scorers(registration_order=True):
+        cls = _REGISTRY[name]
+        scorer = cls()
+        what = "logits" if cls.input == "logits" else ("penultimate + head" if cls.needs_head else "any layer")
+        if cls.needs_labels:
+            what += ", labels"
+        defaults = params_string({k: v for k, v in scorer.get_params().items() if k not in cls.execution_params})
+        rows.append(f"| `{name}` | {cls.paper} | {what} | {defaults or '-'} | {grid_text(cls.grid)} | "
+                    f"{'yes' if cls.default else ''} |")
+    return "\n".join(rows)
