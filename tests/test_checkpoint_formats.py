@@ -159,7 +159,9 @@ def test_torchscript_unknown_sequential_keeps_its_forward_and_takes_hooks(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.save(torch.jit.script(net), str(path))
-    ckpt = load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="--trust-code"):  # running it runs the file's code
+        load_checkpoint(path)
+    ckpt = load_checkpoint(path, trust_code=True)
     assert ckpt.arch == "torchscript:Sequential" and ckpt.head_name == "4" and ckpt.num_classes == 5
     assert isinstance(ckpt.head, nn.Linear) and ckpt.metadata["hookable"] is True
     assert _same_logits(net, ckpt.model)

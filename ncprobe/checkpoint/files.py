@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .script_tensors import read_script_tensors
 from .state_dict import file_extras, find_module, find_state_dict
 
 # Globals that rebuild plain data only (numpy scalars/arrays, argparse.Namespace): checkpoints often
@@ -215,15 +216,23 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
     return RawCheckpoint(path=path, format="safetensors", state_dict=sd, file_meta=meta)
 
 
-def _read_torchscript(path: Path, map_location) -> RawCheckpoint:
+def _read_torchscript(path: Path) -> RawCheckpoint:
+    """The archive's tensors only: no code in it runs (see :mod:`ncprobe.checkpoint.script_tensors`)."""
+    try:
+        sd = read_script_tensors(path)
+    except Exception as exc:  # a damaged archive, or one holding more than modules and tensors
+        return RawCheckpoint(path=path, format="torchscript", state_dict={}, extras={"unreadable": _short(exc)})
+    return RawCheckpoint(path=path, format="torchscript", state_dict=sd)
+
+
+def load_script_module(path: Path, map_location="cpu"):
+    """``torch.jit.load``: compiles and may run the archive's code. Only behind a trust flag."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = torch.jit.load(str(path), map_location=map_location)
+            return torch.jit.load(str(path), map_location=map_location)
     except Exception as exc:
         raise corrupt(path, _short(exc)) from None
-    sd = {k: v for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
-    return RawCheckpoint(path=path, format="torchscript", state_dict=sd, module=module)
 
 
 def _describe(obj: Any) -> str:
@@ -247,7 +256,7 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False, map_locatio
 
     names = _zip_names(path)
     if names is not None and _is_torchscript(names):
-        return _read_torchscript(path, map_location)
+        return _read_torchscript(path)
     if names is None and _is_safetensors(path, head, size):
         return _read_safetensors(path)
 

@@ -54,7 +54,7 @@ class LoadedCheckpoint:
 
     @property
     def head(self) -> nn.Module:
-        return self.model.get_submodule(self.head_name)
+        return submodule(self.model, self.head_name)
 
     def head_weights(self) -> tuple[Any, Any] | None:
         """(W, b) of the classifier as float64 numpy arrays, or None if the head is not linear."""
@@ -80,3 +80,13 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def submodule(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)``, also for TorchScript modules (which do not support it)."""
+    if not isinstance(model, torch.jit.ScriptModule):
+        return model.get_submodule(name)
+    modules = dict(model.named_modules())
+    if name not in modules:
+        raise AttributeError(f"{type(model).__name__} has no submodule {name!r}")
+    return modules[name]

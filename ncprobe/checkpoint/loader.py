@@ -24,9 +24,9 @@ from ..models.ncprobe_format import build_model_from_meta
 from ..models.registry import get_arch, list_archs
 from ..models.spec import IMAGENET_MEAN, IMAGENET_STD, ArchSpec
 from . import catalog
-from .files import RawCheckpoint, _short, read_checkpoint, sha256_file
+from .files import RawCheckpoint, _short, load_script_module, read_checkpoint, sha256_file
 from .infer import Match, best_match, infer_arch
-from .loaded import LoadedCheckpoint
+from .loaded import LoadedCheckpoint, submodule
 from .scripted import eager_from_scripted
 from .state_dict import PROFILER_SUFFIXES, is_bn_counter
 
@@ -315,6 +315,7 @@ def load_checkpoint(
     *,
     num_classes: int | None = None,
     trust_pickle: bool = False,
+    trust_code: bool = False,
     mean=None,
     std=None,
     input_size=None,
@@ -324,6 +325,8 @@ def load_checkpoint(
 
     ``source``: a file (state_dict, wrapped state_dict, safetensors, TorchScript, or -- with
     ``trust_pickle`` -- a pickled nn.Module), a name from checkpoints.yaml, or ``timm:NAME``.
+    ``trust_code``: allow code stored in the file to run (a TorchScript archive of an architecture
+    ncprobe does not know, a user architecture named by the file); ``trust_pickle`` implies it.
     ``arch``: a registered name (see ``list_archs()``), ``timm:NAME``, ``path/to/file.py:Class``
     or ``pkg.module:Class``; inferred from the state_dict when None. The other arguments override
     what the file, the registry or the architecture say. The model is returned in eval mode.
@@ -386,7 +389,7 @@ def load_checkpoint(
 
     if ncmeta is not None and (facts.origin.get("arch") != "flag" or facts.get("arch") == ncmeta.get("arch")):
         named = str(ncmeta.get("arch", ""))
-        if ":" in named and not named.startswith("timm:") and not (trust_pickle or arch == named):
+        if ":" in named and not named.startswith("timm:") and not (trust_pickle or trust_code or arch == named):
             raise CheckpointError(
                 f"checkpoint {path} builds its model with user code {named}; importing it runs that code: "
                 f"pass --arch {named} (or --trust-pickle) if you trust it"
@@ -423,9 +426,18 @@ def load_checkpoint(
             model = _instantiate(spec, inf.match)
             _spec_facts(facts, spec, inf.match)
             meta.update(stripped_prefixes=list(inf.match.stripped), aliased_keys=inf.match.aliased)
-        elif raw.module is not None:  # TorchScript of an unknown architecture
-            model = eager_from_scripted(raw.module)
-            _module_facts(facts, model, path, f"torchscript:{getattr(raw.module, 'original_name', 'Module')}")
+        elif raw.format == "torchscript":  # of an unknown architecture: only its own code can run it
+            if not (trust_code or trust_pickle):
+                why = f"its tensors cannot be read as data ({raw.extras['unreadable']})" if "unreadable" in raw.extras \
+                    else "its tensors match no known architecture"
+                raise CheckpointError(
+                    f"checkpoint {path} is a TorchScript archive and {why}; running it runs the code stored in "
+                    "the file: pass --trust-code if you trust its source, or --arch NAME to load its tensors "
+                    "into a known architecture"
+                )
+            scripted = load_script_module(path, map_location)
+            model = eager_from_scripted(scripted)
+            _module_facts(facts, model, path, f"torchscript:{getattr(scripted, 'original_name', 'Module')}")
             hookable = not isinstance(model, torch.jit.ScriptModule)
             meta["hookable"] = hookable
             meta["note"] = (
@@ -478,6 +490,6 @@ def _from_ncprobe(raw: RawCheckpoint, meta: dict, facts: _Facts) -> nn.Module:
     facts.set("head", head, "file")
     facts.set("probe_layers", list(probes), "file")
     if facts.get("num_classes") is None:
-        out = getattr(model.get_submodule(head), "out_features", None)
+        out = getattr(submodule(model, head), "out_features", None)
         facts.set("num_classes", out, "inferred")
     return model

@@ -11,7 +11,7 @@ from ..errors import NcprobeError
 
 
 def checkpoint_options(fn):
-    """--arch, --num-classes, --trust-pickle, --mean, --std, --input-size."""
+    """--arch, --num-classes, --trust-pickle, --trust-code, --mean, --std, --input-size."""
 
     @click.option("--arch", default=None, metavar="NAME",
                   help="Architecture, when it cannot be inferred: a registered name (cifar_resnet20, resnet18_cifar, "
@@ -19,13 +19,17 @@ def checkpoint_options(fn):
     @click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Number of classes (else read from the head).")
     @click.option("--trust-pickle", is_flag=True,
                   help="Allow checkpoints that need arbitrary unpickling. Only for files from a source you trust: unpickling can run code.")
+    @click.option("--trust-code", is_flag=True,
+                  help="Allow code stored in the checkpoint to run (TorchScript of an unknown architecture, a user "
+                       "architecture named by the file). Only for files from a source you trust.")
     @click.option("--mean", default=None, metavar="R,G,B", help="Input normalization mean (overrides the checkpoint's).")
     @click.option("--std", default=None, metavar="R,G,B", help="Input normalization std (overrides the checkpoint's).")
     @click.option("--input-size", default=None, metavar="C,H,W",
                   help="Model input size, C,H,W or one side such as 32 (overrides the checkpoint's).")
     @functools.wraps(fn)
-    def wrapper(*args, arch, num_classes, trust_pickle, mean, std, input_size, **kwargs):
-        opts = {"arch": arch, "num_classes": num_classes, "trust_pickle": trust_pickle, "mean": mean, "std": std,
+    def wrapper(*args, arch, num_classes, trust_pickle, trust_code, mean, std, input_size, **kwargs):
+        opts = {"arch": arch, "num_classes": num_classes, "trust_pickle": trust_pickle, "trust_code": trust_code,
+                "mean": mean, "std": std,
                 "input_size": input_size}
         return fn(*args, checkpoint_options=opts, **kwargs)
 
