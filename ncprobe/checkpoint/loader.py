@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,16 @@ from torch import nn
 from ..errors import CheckpointError
 from ..models.external import timm_create
 from ..models.introspect import default_probe_layers, find_head, guess_input_size
-from ..models.ncprobe_format import build_model_from_meta
+from ..models.ncprobe_format import build_model_from_meta, check_meta
 from ..models.registry import get_arch, list_archs
-from ..models.spec import IMAGENET_MEAN, IMAGENET_STD, ArchSpec
+from ..models.spec import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_CLASSES,
+    MAX_INPUT_CHANNELS,
+    MAX_INPUT_SIDE,
+    ArchSpec,
+)
 from . import catalog
 from .files import RawCheckpoint, _short, load_script_module, read_checkpoint, sha256_file
 from .infer import Match, best_match, infer_arch
@@ -68,6 +76,8 @@ def parse_floats(value: Any, what: str) -> tuple[float, ...] | None:
         out = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         raise CheckpointError(f"{what} must be numbers such as 0.485,0.456,0.406, got {value!r}") from None
+    if not all(math.isfinite(v) for v in out):
+        raise CheckpointError(f"{what} must be finite numbers such as 0.485,0.456,0.406, got {value!r}")
     if not out:
         raise CheckpointError(f"{what} is empty; give one number per input channel, e.g. 0.485,0.456,0.406")
     return out
@@ -92,6 +102,11 @@ def parse_input_size(value: Any) -> tuple[int, int, int] | None:
         dims = [3, *dims]
     if len(dims) != 3 or min(dims) < 1:
         raise CheckpointError(f"input size must be C,H,W or H,W or one side such as 32, got {raw!r}")
+    if dims[0] > MAX_INPUT_CHANNELS or max(dims[1:]) > MAX_INPUT_SIDE:
+        raise CheckpointError(
+            f"input size {raw!r} is too large (at most {MAX_INPUT_CHANNELS} channels and {MAX_INPUT_SIDE} pixels a "
+            "side); pass the model's real input size, e.g. 3,224,224"
+        )
     return tuple(dims)
 
 
@@ -129,6 +144,7 @@ def _file_facts(facts: _Facts, raw: RawCheckpoint) -> dict | None:
             assert isinstance(meta, dict)
         except (ValueError, AssertionError):
             raise CheckpointError(f"checkpoint {raw.path} has unreadable ncprobe metadata; the file is damaged") from None
+        check_meta(meta)
         facts.set("arch", meta.get("arch"), "file")
         facts.set("num_classes", meta.get("num_classes"), "file")
         facts.set("input_size", parse_input_size(meta.get("input_size")), "file")
@@ -139,8 +155,9 @@ def _file_facts(facts: _Facts, raw: RawCheckpoint) -> dict | None:
         if _known_arch_name(source.get("arch")):
             facts.set("arch", source["arch"], "file")
         n = source.get("num_classes")
-        if isinstance(n, int) or (isinstance(n, str) and n.isdigit()):
-            facts.set("num_classes", int(n), "file")
+        if (isinstance(n, int) and not isinstance(n, bool)) or (isinstance(n, str) and n.isdigit() and len(n) < 10):
+            if 1 <= int(n) <= MAX_CLASSES:  # anything else is not a class count: inferred from the head
+                facts.set("num_classes", int(n), "file")
     return None
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..errors import ScoringError
 from ..features.probe_points import LOGITS, PENULTIMATE
 from ..progress import progress_bar
 from ..report.schema import (
@@ -161,9 +162,16 @@ def scores_frame(collect: dict, id_fs, ood_sets: list) -> pd.DataFrame:
 def accuracy(fs, num_classes: int) -> float:
     """Top-1 accuracy of the logits against the labels (NaN when the set is unlabelled or exceeds the head)."""
     labels = fs.labels
+    logits = fs[LOGITS]
+    bad = int(logits.shape[0] - np.count_nonzero(np.isfinite(logits).all(axis=1)))
+    if bad:
+        raise ScoringError(
+            f"{bad} of {logits.shape[0]} rows of the logits on {fs.name!r} are NaN or inf; the checkpoint's weights "
+            "or the input normalization (--mean/--std) produce non-finite outputs"
+        )
     if len(labels) == 0 or (labels < 0).any() or labels.max() >= num_classes:
         return float("nan")
-    return float((fs[LOGITS].argmax(1) == labels).mean())
+    return float((logits.argmax(1) == labels).mean())
 
 
 def collapse_table(fs, ckpt, run: RunInfo) -> pd.DataFrame:

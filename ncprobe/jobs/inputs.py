@@ -191,10 +191,24 @@ def resolve_layers_inputs(checkpoint, id, ood, fit=None, *, fit_split=None, seed
         inputs.fit = source(fit, "train")
         check_labelled(inputs.fit, ckpt.num_classes, "fit")
         check_class_sizes(inputs.fit.labels, names)
+    labels = np.asarray(id_source.labels)
+    if len(labels) and labels.max() >= ckpt.num_classes:
+        raise NcprobeError(
+            f"the ID set {id_source.name!r} has label {int(labels.max())} but the checkpoint has {ckpt.num_classes} "
+            "classes; use the dataset the model was trained on (or select classes with @classes=...)"
+        )
     inputs.ood = [source(spec, "test") for spec in ood]
+    seen: dict[str, str] = {}
     for src in inputs.ood:
         if len(src) == 0:
             raise NcprobeError(f"the OOD set {src.name!r} is empty; check its path and options")
+        for key in (f"name:{src.name}", f"data:{src.fingerprint}"):
+            if key in seen:
+                raise ParameterError(
+                    f"the OOD set {src.name!r} is given twice ({seen[key]!r} is the same set); it would count "
+                    "twice in every mean: give each {ood} once"
+                )
+            seen[key] = src.name
     if fit_split is not None:
         check_labelled(id_source, ckpt.num_classes, "ID")
         inputs.split = stratified_split(np.asarray(id_source.labels), float(fit_split), seed)

@@ -12,6 +12,7 @@ reading arbitrary files.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .. import __version__
 from ..errors import CheckpointError
 from .nc_heads import ETF_MODES, check_mode, wrap_model
 from .registry import create_model, get_arch
+from .spec import MAX_CLASSES, MAX_INPUT_CHANNELS, MAX_INPUT_SIDE, max_parameters
 
 FORMAT = "ncprobe"
 META_KEYS = ("arch", "mode", "num_classes", "input_size", "mean", "std", "head", "config", "history",
@@ -107,17 +109,90 @@ def probe_layers_for(base_probe_layers, mode: str) -> list[str]:
     return layers
 
 
-def build_model_from_meta(meta: dict) -> tuple[nn.Module, str, list[str]]:
-    """(model, "classifier", probe_layers) for an ncprobe checkpoint's meta; weights uninitialized."""
+_HEAD_OPTIONS = {"projector_dim": (int, 1, 65_536), "l2_scale": (float, None, None), "learn_scale": (bool, None, None)}
+
+
+def _bad(what: str) -> CheckpointError:
+    return CheckpointError(f"ncprobe checkpoint metadata: {what}; the file is damaged or was not written by ncprobe")
+
+
+def check_meta(meta: dict) -> dict:
+    """Validate every value an ncprobe checkpoint's metadata asks ncprobe to build from (types and
+    ranges), before anything is allocated: a file must not make ncprobe build terabytes, import code
+    or contact a network. Returns the checked values."""
+    if not isinstance(meta, dict):
+        raise _bad("it is not a JSON object")
     missing = [k for k in ("arch", "mode", "num_classes") if k not in meta]
     if missing:
         raise CheckpointError(f"ncprobe checkpoint metadata lacks {', '.join(missing)}; re-create the checkpoint")
-    mode = meta["mode"]
+    arch, mode, n = meta["arch"], meta["mode"], meta["num_classes"]
+    if not isinstance(arch, str) or not arch or len(arch) > 300:
+        raise _bad(f"arch must be a name, got {arch!r}")
+    if arch.startswith("timm:") and any(c in arch[len("timm:"):] for c in ":/\\"):
+        raise _bad(f"arch {arch!r} names a hub repository; a file never makes ncprobe download code or weights")
+    if not isinstance(mode, str):
+        raise _bad(f"mode must be a string, got {mode!r}")
     try:
         check_mode(mode)
     except Exception as exc:
         raise CheckpointError(f"ncprobe checkpoint has unknown mode {mode!r}; upgrade ncprobe or re-create it") from exc
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES:
+        raise _bad(f"num_classes must be an integer in 1..{MAX_CLASSES}, got {n!r}")
+    size = meta.get("input_size")
+    if size is not None:
+        ok = isinstance(size, (list, tuple)) and len(size) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in size)
+        if not ok or not (1 <= size[0] <= MAX_INPUT_CHANNELS and all(1 <= v <= MAX_INPUT_SIDE for v in size[1:])):
+            raise _bad(f"input_size must be [C, H, W] with C <= {MAX_INPUT_CHANNELS} and sides <= {MAX_INPUT_SIDE}, "
+                       f"got {size!r}")
+    for key in ("mean", "std"):
+        values = meta.get(key)
+        if values is None:
+            continue
+        if not (isinstance(values, (list, tuple)) and 1 <= len(values) <= MAX_INPUT_CHANNELS
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            raise _bad(f"{key} must be a list of finite numbers, got {values!r}")
+        if key == "std" and min(values) <= 0:
+            raise _bad(f"std must be positive, got {values!r}")
+    head = meta.get("head") or {}
+    if not isinstance(head, dict):
+        raise _bad(f"head must be an object, got {head!r}")
+    for key, value in head.items():
+        if key not in _HEAD_OPTIONS:
+            raise _bad(f"unknown head option {key!r}")
+        kind, lo, hi = _HEAD_OPTIONS[key]
+        if value is None and kind is float:
+            continue
+        if kind is bool and not isinstance(value, bool):
+            raise _bad(f"head option {key} must be true or false, got {value!r}")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi):
+            raise _bad(f"head option {key} must be an integer in {lo}..{hi}, got {value!r}")
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise _bad(f"head option {key} must be a finite number, got {value!r}")
+    return meta
+
+
+def check_size(arch: str, num_classes: int) -> None:
+    """Count the parameters of ``arch`` on the meta device (no memory) and refuse above the budget."""
+    from .introspect import build_on_meta
+
+    spec = get_arch(arch)
+    model = build_on_meta(spec.builder, num_classes=num_classes)
+    count = sum(p.numel() for p in model.parameters())
+    limit = max_parameters()
+    if count > limit:
+        raise CheckpointError(
+            f"architecture {arch} with {num_classes} classes has {count:,} parameters, above the limit of "
+            f"{limit:,}; the file is damaged or hostile (raise NCPROBE_MAX_PARAMS if it is really that large)"
+        )
+
+
+def build_model_from_meta(meta: dict) -> tuple[nn.Module, str, list[str]]:
+    """(model, "classifier", probe_layers) for an ncprobe checkpoint's meta; weights uninitialized."""
+    check_meta(meta)
+    mode = meta["mode"]
     num_classes = int(meta["num_classes"])
+    check_size(str(meta["arch"]), num_classes)
     base, head_name, base_probe, defaults = create_base(str(meta["arch"]), num_classes)
     head_opts = dict(meta.get("head") or {})
     head_opts["input_size"] = tuple(meta.get("input_size") or defaults["input_size"])

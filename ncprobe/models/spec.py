@@ -10,6 +10,22 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: bounds on what a checkpoint file may ask ncprobe to build (checked before any allocation)
+MAX_CLASSES = 100_000
+MAX_INPUT_CHANNELS = 16
+MAX_INPUT_SIDE = 4096
+DEFAULT_MAX_PARAMETERS = 2_000_000_000  # NCPROBE_MAX_PARAMS overrides it
+
+
+def max_parameters() -> int:
+    """The largest parameter count ncprobe builds (``$NCPROBE_MAX_PARAMS``, default 2e9: 8 GB in float32)."""
+    import os
+
+    try:
+        return int(float(os.environ.get("NCPROBE_MAX_PARAMS", DEFAULT_MAX_PARAMETERS)))
+    except ValueError:
+        return DEFAULT_MAX_PARAMETERS
+
 
 @dataclass(frozen=True)
 class ArchSpec:

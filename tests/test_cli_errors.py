@@ -1,0 +1,71 @@
+"""One line, every time: user mistakes found by an independent attack end in `error: ...`, exit 2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ncprobe.cli import main
+from ncprobe.models import create_model
+
+ID = "digits:test@classes=0-3"
+FIT = "digits:train@classes=0-3"
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
+    torch.save(create_model("small_cnn", num_classes=4).state_dict(), path)
+    return path
+
+
+def _err(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert exc.value.code == 2 and len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("device", ["mps", "xla", "meta", "cuda:7", "nonsense"])
+def test_devices_that_cannot_run(ckpt_path, capsys, device):
+    line = _err(["eval", ckpt_path, "--data", ID, "--no-cache", "-q", "--device", device], capsys)
+    assert device in line
+
+
+def test_nan_weights_give_an_error_not_an_accuracy(tmp_path, capsys):
+    model = create_model("small_cnn", num_classes=4)
+    sd = model.state_dict()
+    key = next(k for k in sd if k.endswith("weight"))
+    sd[key] = torch.full_like(sd[key], float("nan"))
+    torch.save(sd, tmp_path / "nan.pt")
+    line = _err(["eval", tmp_path / "nan.pt", "--data", ID, "--no-cache", "-q"], capsys)
+    assert "NaN or inf" in line and "logits" in line
+
+
+def test_id_labels_beyond_the_head(ckpt_path, capsys):
+    line = _err(["layers", ckpt_path, "--id", "digits:test", "--fit", FIT, "--ood", "noise:gaussian", "--no-cache",
+                 "-q"], capsys)
+    assert "label 9" in line and "4 classes" in line
+
+
+def test_the_same_ood_set_twice(ckpt_path, capsys):
+    line = _err(["layers", ckpt_path, "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--ood",
+                 "again=noise:gaussian", "--no-cache", "-q"], capsys)
+    assert "twice" in line and "--ood" in line
+
+
+def test_empty_scorer_list(ckpt_path, capsys):
+    line = _err(["layers", ckpt_path, "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--scorers", ",",
+                 "--no-cache", "-q"], capsys)
+    assert "--scorers" in line
+
+
+def test_uint64_labels_in_an_npz_are_not_silently_unlabelled(ckpt_path, tmp_path, capsys):
+    np.savez(tmp_path / "u.npz", x=np.zeros((4, 8, 8, 3), np.uint8), y=np.array([0, 1, 2, 2**64 - 1], np.uint64))
+    line = _err(["eval", ckpt_path, "--data", tmp_path / "u.npz", "--no-cache", "-q"], capsys)
+    assert "label" in line
