@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,9 @@ import yaml
 
 import ncprobe
 from ncprobe.checkpoint import catalog, load_checkpoint
-from ncprobe.checkpoint import loader as loader_mod
 from ncprobe.errors import CheckpointError
 from ncprobe.models import create_model
+from ncprobe.models import external as external_mod
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -181,10 +182,11 @@ def test_timm_registry_name_uses_pretrained_weights(tmp_path, monkeypatch):
     seen = {}
 
     def fake_create(model_name, num_classes=None, pretrained=False):
-        seen.update(name=model_name, pretrained=pretrained)
+        if pretrained or not seen:  # the spec is also built (on the meta device) without weights
+            seen.update(name=model_name, pretrained=pretrained)
         return timm.create_model(model_name, pretrained=False, num_classes=num_classes or 1000)
 
-    monkeypatch.setattr(loader_mod, "timm_create", fake_create)
+    monkeypatch.setattr(external_mod, "timm_create", fake_create)
     ckpt = load_checkpoint("tiny.hub")
     assert seen == {"name": "test_resnet", "pretrained": True}
     assert ckpt.arch == "timm:test_resnet" and ckpt.name == "tiny.hub" and ckpt.sha256 == ""
@@ -195,6 +197,13 @@ def test_timm_registry_name_uses_pretrained_weights(tmp_path, monkeypatch):
     def offline(model_name, num_classes=None, pretrained=False):
         raise OSError("offline")
 
-    monkeypatch.setattr(loader_mod, "timm_create", offline)
+    monkeypatch.setattr(external_mod, "timm_create", offline)
+    monkeypatch.setattr(external_mod, "_hub_reachable", lambda: True)  # a network that fails mid-download
     with pytest.raises(CheckpointError, match=r"could not get the pretrained weights of timm:test_resnet .*offline"):
         load_checkpoint("timm:test_resnet")
+    # no network at all: said at once, with no retries
+    monkeypatch.setattr(external_mod, "_hub_reachable", lambda: False)
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match="cannot be reached"):
+        load_checkpoint("timm:test_resnet")
+    assert time.perf_counter() - started < 5

@@ -69,3 +69,38 @@ def test_uint64_labels_in_an_npz_are_not_silently_unlabelled(ckpt_path, tmp_path
     np.savez(tmp_path / "u.npz", x=np.zeros((4, 8, 8, 3), np.uint8), y=np.array([0, 1, 2, 2**64 - 1], np.uint64))
     line = _err(["eval", ckpt_path, "--data", tmp_path / "u.npz", "--no-cache", "-q"], capsys)
     assert "label" in line
+
+
+def test_a_failed_run_leaves_no_empty_out_folder(ckpt_path, tmp_path, capsys):
+    out = tmp_path / "new" / "runs"
+    _err(["layers", ckpt_path, "--id", ID, "--fit", FIT, "--ood", "nope.npz", "--out", out, "--no-cache", "-q"], capsys)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    line = _err(["layers", ckpt_path, "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--out",
+                 tmp_path / "file" / "sub", "--no-cache", "-q"], capsys)
+    assert "is a file" in line
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "text"])
+def test_a_damaged_resume_state_is_one_line(tmp_path, capsys, damage):
+    out = tmp_path / "m.safetensors"
+    args = ["finetune", "--arch", "small_cnn", "--data", "digits:train@classes=0-3,n=64", "--mode", "ce",
+            "--epochs", "2", "--batch-size", "16", "--out", out, "-q"]
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    capsys.readouterr()
+    state = tmp_path / "m.safetensors.resume.pt"
+    data = state.read_bytes()
+    if damage == "truncate":
+        state.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        state.write_bytes(data[:200] + bytes([data[200] ^ 0xFF]) + data[201:])
+    else:
+        state.write_text("not a checkpoint")
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args + ["--resume"]])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "weights_only" not in err and ("damaged" in err or "resume" in err)

@@ -9,7 +9,6 @@ keys and shapes) > ``default`` (the architecture's defaults).
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.external import timm_create
+from ..models.external import timm_pretrained
 from ..models.introspect import default_probe_layers, find_head, guess_input_size
 from ..models.ncprobe_format import build_model_from_meta, check_meta
 from ..models.registry import get_arch, list_archs
@@ -244,20 +243,7 @@ def _from_timm_pretrained(model_name: str, source: str, facts: _Facts, entry: di
     if facts.origin.get("arch") == "flag" and facts.get("arch") != arch:
         raise CheckpointError(f"--arch {facts.get('arch')} conflicts with the source {source}; drop --arch")
     facts.set("arch", arch, "flag")
-    hub_log = logging.getLogger("huggingface_hub")
-    level = hub_log.level
-    hub_log.setLevel(logging.ERROR)  # its retry warnings would repeat what the one-line error says
-    try:
-        model = timm_create(model_name, num_classes=facts.get("num_classes"), pretrained=True)
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(
-            f"could not get the pretrained weights of {arch} ({_short(exc)}); check the network (they come from "
-            f"the Hugging Face hub) or pass a local weights file with --arch {arch}"
-        ) from None
-    finally:
-        hub_log.setLevel(level)
+    model = timm_pretrained(model_name, num_classes=facts.get("num_classes"))
     spec = get_arch(arch)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     facts.set("num_classes", int(model.num_classes), "file")

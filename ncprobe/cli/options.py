@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import click
@@ -58,13 +59,20 @@ def run_options(fn):
 
 
 def ensure_writable_dir(path: Path) -> Path:
+    """Check, before any work, that ``--out`` is or can become a writable directory; create nothing
+    (the tables' writer creates it), so a run that fails leaves no empty folder behind."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NcprobeError(f"--out {path} is a file; give a directory for the CSVs and plots")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NcprobeError(f"cannot create --out directory {path}: {exc.strerror}; choose another path") from exc
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NcprobeError(f"--out {path}: {probe} is a file, so the folder cannot be created; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise NcprobeError(f"--out {path}: {probe} is not writable (permission denied); choose another path")
     return path
 
 

@@ -260,10 +260,18 @@ def _read_resume(rpath: Path, config: dict, resume: bool, log) -> dict | None:
     if not rpath.exists():
         log(f"note: no resume state at {rpath}; starting from the beginning")
         return None
-    state = torch.load(rpath, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("version") != RESUME_VERSION:
-        raise NcprobeError(f"{rpath} is not an ncprobe resume state of this version; delete it or drop --resume")
-    old = json.loads(state["meta"])["config"]
+    try:
+        state = torch.load(rpath, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("version") != RESUME_VERSION:
+            raise NcprobeError(f"{rpath} is not an ncprobe resume state of this version; delete it or drop --resume")
+        old = json.loads(state["meta"])["config"]
+        if not isinstance(old, dict):
+            raise TypeError("config is not a dict")
+    except NcprobeError:
+        raise
+    except Exception as exc:  # truncated, bit-flipped or edited: never suggest weights_only=False
+        why = type(exc).__name__  # torch's own text would suggest the unsafe weights_only=False
+        raise NcprobeError(f"the resume state {rpath} is damaged ({why}); delete it to start over, or drop --resume") from None
     diff = [k for k in RESUME_KEYS if old.get(k) != config.get(k)]
     if diff:
         k = diff[0]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -46,6 +47,74 @@ def timm_create(model_name: str, num_classes: int | None = None, pretrained: boo
                 f"timm has no model {model_name!r} ({exc}); see timm.list_models() for the names"
             ) from None
         raise
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_quiet(offline: bool):
+    """huggingface_hub in offline mode (local cache only) and without its multi-line retry logs."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "huggingface_hub.utils._http", "urllib3")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        import huggingface_hub.constants as hub_constants
+    except ImportError:  # pragma: no cover - timm depends on it
+        hub_constants = None
+    was = getattr(hub_constants, "HF_HUB_OFFLINE", None)
+    if hub_constants is not None and offline:
+        hub_constants.HF_HUB_OFFLINE = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if hub_constants is not None:
+            hub_constants.HF_HUB_OFFLINE = was
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def timm_pretrained(model_name: str, num_classes: int | None = None) -> nn.Module:
+    """A timm model with its pretrained weights: from the local Hugging Face cache when they are
+    there, else downloaded; with no network, a one-line CheckpointError within seconds (no retries)."""
+    arch = f"timm:{model_name}"
+    hint = f"pass a local weights file: ncprobe ... weights.pth --arch {arch}"
+    try:
+        with _hub_quiet(offline=True):
+            return timm_create(model_name, num_classes=num_classes, pretrained=True)
+    except CheckpointError:
+        raise
+    except Exception:
+        pass  # not in the local cache
+    if not _hub_reachable():
+        raise CheckpointError(
+            f"the pretrained weights of {arch} are not in the local Hugging Face cache and the hub cannot be "
+            f"reached (no network); {hint}"
+        )
+    try:
+        with _hub_quiet(offline=False):
+            return timm_create(model_name, num_classes=num_classes, pretrained=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"could not get the pretrained weights of {arch} ({_short(exc)}); {hint}") from None
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def timm_probe_layers(model: nn.Module, head: str | None) -> list[str]:
