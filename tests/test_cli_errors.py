@@ -104,3 +104,32 @@ def test_a_damaged_resume_state_is_one_line(tmp_path, capsys, damage):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert "weights_only" not in err and ("damaged" in err or "resume" in err)
+
+
+def test_a_model_with_a_fixed_input_size_guessed_wrong_says_pass_input_size(tmp_path, capsys):
+    import warnings
+
+    from torch import nn
+
+    class Fixed(nn.Module):  # only takes 8x8 inputs: flatten then a Linear
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 8 * 8, 4)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.conv(x), 1))
+
+    path = tmp_path / "fixed.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(Fixed().eval()), str(path))
+    line = _err(["inspect", path, "--trust-code"], capsys)
+    assert "--input-size" in line
+    line = _err(["eval", path, "--trust-code", "--data", ID, "--no-cache", "-q"], capsys)
+    assert "--input-size" in line
+    try:
+        main(["eval", str(path), "--trust-code", "--data", ID, "--no-cache", "-q", "--input-size", "3,8,8"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    assert "accuracy:" in capsys.readouterr().out

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .loaded import LoadedCheckpoint
+from .loaded import LoadedCheckpoint, input_size_error
 
 
 def _shape(out: Any) -> tuple[int, ...] | None:
@@ -40,7 +40,13 @@ def layer_shapes(ckpt: LoadedCheckpoint) -> dict[str, tuple[int, ...] | None]:
         device = param.device if param is not None else torch.device("cpu")
         x = torch.zeros(1, *ckpt.input_size, device=device)
         with torch.no_grad():
-            shapes["logits"] = _shape(model(x))
+            try:
+                shapes["logits"] = _shape(model(x))
+            except Exception as exc:
+                err = input_size_error(ckpt, exc)
+                if err is None:
+                    raise
+                raise err from None
     finally:
         for h in hooks:
             h.remove()

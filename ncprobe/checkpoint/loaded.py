@@ -90,3 +90,23 @@ def submodule(model: nn.Module, name: str) -> nn.Module:
     if name not in modules:
         raise AttributeError(f"{type(model).__name__} has no submodule {name!r}")
     return modules[name]
+
+
+_SHAPE_WORDS = ("size", "shape", "dimension", "mat1", "channels", "expected input", "Expected")
+
+
+def input_size_error(ckpt: LoadedCheckpoint, exc: BaseException):
+    """A one-line CheckpointError when ``exc`` (raised by the model's forward) reads like an input
+    shape mismatch, else None: the model expects another input size than the one ncprobe used."""
+    from ..errors import CheckpointError
+
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(exc).__name__  # TorchScript errors end with the real message
+    if not isinstance(exc, RuntimeError) or not any(w in text for w in _SHAPE_WORDS):
+        return None
+    size = ",".join(map(str, ckpt.input_size))
+    origin = ckpt.origin.get("input_size", "default")
+    return CheckpointError(
+        f"the model fails on inputs of size {size} (input size from: {origin}): {text[:160]}; pass the size it "
+        "was trained on with --input-size C,H,W"
+    )

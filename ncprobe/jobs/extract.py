@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..checkpoint.loaded import LoadedCheckpoint
+from ..checkpoint.loaded import LoadedCheckpoint, input_size_error
 from ..data.source import DataSource
 from ..features import extract_features
 from ..features.featureset import FeatureSet
@@ -24,7 +24,13 @@ class FeatureExtractor:
         self.from_cache: dict[str, bool] = {}
 
     def __call__(self, source: DataSource) -> FeatureSet:
-        fs = extract_features(self.ckpt, source, **self.options)
+        try:
+            fs = extract_features(self.ckpt, source, **self.options)
+        except RuntimeError as exc:  # the model's forward on our inputs: a wrong input size reads as one
+            err = input_size_error(self.ckpt, exc)
+            if err is None:
+                raise
+            raise err from None
         self.from_cache[source.name] = fs.from_cache
         return fs
 
