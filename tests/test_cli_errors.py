@@ -133,3 +133,30 @@ def test_a_model_with_a_fixed_input_size_guessed_wrong_says_pass_input_size(tmp_
     except SystemExit as exc:
         assert exc.code in (0, None)
     assert "accuracy:" in capsys.readouterr().out
+
+
+def test_an_os_error_anywhere_is_one_line(monkeypatch, capsys):
+    import ncprobe.api as api_mod
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", "/some/where/ood.csv")
+
+    monkeypatch.setattr(api_mod, "evaluate", full_disk)
+    line = _err(["eval", "x.pt", "--data", ID], capsys)
+    assert line == ("error: /some/where/ood.csv: No space left on device; check the path, its permissions and the "
+                    "free space")
+
+
+def test_undecodable_path_names_print(monkeypatch, capsys):
+    import os
+
+    import ncprobe.api as api_mod
+
+    bad = os.fsdecode(b"/tmp/caf\xe9.csv")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", bad)
+
+    monkeypatch.setattr(api_mod, "evaluate", denied)
+    line = _err(["eval", "x.pt", "--data", ID], capsys)
+    assert "Permission denied" in line and "caf" in line

@@ -75,6 +75,14 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return "warning: " + " ".join(str(message).split()) + "\n"
 
 
+def _printable(path) -> str:
+    """A path as text even when its name is not valid UTF-8 (undecodable bytes shown escaped)."""
+    import os
+
+    name = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def main(argv=None) -> None:
     """Console entry point: runs the group and turns user mistakes into one-line errors, exit 2."""
     warnings.formatwarning = _one_line_warning  # a warning is one line too, without the source line
@@ -101,6 +109,12 @@ def main(argv=None) -> None:
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a full disk, a read-only folder, a vanished file: never a traceback
+        where = exc.filename if exc.filename is not None else "(file system)"
+        reason = exc.strerror or type(exc).__name__
+        click.echo(f"error: {_printable(where)}: {reason}; check the path, its permissions and the free space",
+                   err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         sys.exit(130)
