@@ -99,7 +99,7 @@ def test_npz_other_problems(tmp_path):
     (tmp_path / "junk.npz").write_text("not a zip")
     with pytest.raises(DatasetError) as info:
         load_dataset(str(tmp_path / "junk.npz"))
-    assert "cannot read" in one_line(info)
+    assert "is not a .npz archive" in one_line(info)
     (tmp_path / "data.csv").write_text("1,2")
     with pytest.raises(DatasetError) as info:
         load_dataset(str(tmp_path / "data.csv"))

@@ -13,6 +13,11 @@ and ``classes`` names are cut to ``max(kept) + 1`` so that ``num_classes`` cover
 (a uniformly random subset of n samples drawn with ``numpy.random.default_rng(seed)``, kept in
 the original order; n >= the set's size keeps all of it). For noise and patches ``n`` is the
 number of images generated.
+
+Any ``OSError`` met while finding or reading the files (permission denied, a file that disappears,
+an I/O error) is reported as a one-line :class:`~ncprobe.errors.DatasetError` ``PATH: reason; fix``;
+so is a path that is not valid UTF-8 (it could not be shown or written in reports), and a load
+that would need more memory than ``$NCPROBE_MAX_BYTES`` (see :mod:`ncprobe.data.limits`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from .fingerprint import LOADER_VERSION, digest, file_fingerprint, stat_fingerprint
+from .limits import ENV_MAX_BYTES, check_budget, human, max_bytes, os_error, shown
 from .local import read_folder, read_npz
 from .source import DataSource
 from .spec import DatasetSpec, normalize_name, parse_spec
@@ -137,7 +143,7 @@ def _named_split(key, split, default_split: str) -> str:
 
 def _folder_name(key, split, default_split: str) -> str:
     path = Path(key)
-    return path.name or str(path)
+    return shown(path.name or str(path))
 
 
 KINDS: dict[str, SourceKind] = {
@@ -150,7 +156,7 @@ KINDS: dict[str, SourceKind] = {
         SourceKind("patches", _GENERATED_OPTIONS, _no_split, _read_patches, lambda key, split, d: "patches",
                    generates=True),
         SourceKind("npz", _COMMON_OPTIONS + ("unlabelled",), _no_split, _read_npz,
-                   lambda key, split, d: Path(key).stem, by_path=True),
+                   lambda key, split, d: shown(Path(key).stem), by_path=True),
         SourceKind("folder", _COMMON_OPTIONS, _no_split, _read_folder, _folder_name, by_path=True),
     )
 }
@@ -224,7 +230,11 @@ def _apply_classes(raw: RawSet, keep: tuple[int, ...], label: str):
     return idx, classes
 
 
-def _take(raw: RawSet, idx: np.ndarray) -> RawSet:
+def _take(raw: RawSet, idx: np.ndarray, label: str = "the set") -> RawSet:
+    if raw.images is not None:
+        per_item = int(np.prod(raw.images.shape[1:], dtype=np.int64)) * raw.images.itemsize
+        check_budget(len(idx) * per_item, f"the {len(idx):,} images selected from {label}",
+                     "select fewer (n=...) or fewer classes")
     return RawSet(
         labels=raw.labels[idx],
         files=raw.files,
@@ -245,10 +255,32 @@ def load_dataset(spec: str, *, data_root: str | Path | None = None, download: bo
     """
     parsed = parse_spec(spec, known_names=KNOWN_NAMES + tuple(TV_ALIASES))
     root = _root(data_root)
+    try:
+        return _load(parsed, root, download, default_split)
+    except OSError as e:
+        raise os_error(e, parsed.source) from None
+    except MemoryError:
+        raise DatasetError(
+            f"ran out of memory loading {shown(parsed.source)} (less is free than the {human(max_bytes())} budget "
+            f"{ENV_MAX_BYTES} allows); use a smaller set (n=...) or free memory"
+        ) from None
+
+
+def _check_text(path: Path) -> None:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetError(f"the path {shown(path)} is not valid UTF-8, so it cannot be shown or written in "
+                           "reports; rename it (e.g. convmv -f latin1 -t utf8 --notest)") from None
+
+
+def _load(parsed: DatasetSpec, root: Path, download: bool, default_split: str) -> DataSource:
     kind_name, key = _resolve(parsed, root)
     kind = KINDS[kind_name]
+    if kind.by_path:
+        _check_text(Path(key))
     split = kind.split(parsed, key, default_split)
-    label = str(key) if kind.by_path else (key if split is None else f"{key}:{split}")
+    label = shown(key) if kind.by_path else (key if split is None else f"{key}:{split}")
     _check_options(parsed, kind, label)
     opts = parsed.options
     seed = int(opts.get("seed", 0))
@@ -257,7 +289,7 @@ def load_dataset(spec: str, *, data_root: str | Path | None = None, download: bo
 
     if "classes" in opts:
         idx, classes = _apply_classes(raw, opts["classes"], label)
-        raw = _take(raw, idx)
+        raw = _take(raw, idx, label)
         raw.classes = classes
         meta["class_subset"] = list(opts["classes"])
     if "n" in opts and not kind.generates:
@@ -265,7 +297,7 @@ def load_dataset(spec: str, *, data_root: str | Path | None = None, download: bo
         meta["n_available"] = total
         if opts["n"] < total:
             idx = np.sort(np.random.default_rng(seed).choice(total, size=opts["n"], replace=False))
-            raw = _take(raw, idx)
+            raw = _take(raw, idx, label)
 
     canonical = parsed.with_(source=str(key) if kind.by_path else key, split=split)
     name = parsed.name
@@ -311,6 +343,13 @@ def fit_spec_for(spec: str, *, data_root: str | Path | None = None) -> str | Non
     folders with no such counterpart. Unknown sources raise DatasetError as in load_dataset.
     """
     parsed = parse_spec(spec, known_names=KNOWN_NAMES + tuple(TV_ALIASES))
+    try:
+        return _fit_spec_for(parsed, data_root)
+    except OSError as e:
+        raise os_error(e, parsed.source) from None
+
+
+def _fit_spec_for(parsed: DatasetSpec, data_root) -> str | None:
     kind_name, key = _resolve(parsed, _root(data_root))
     keep = {k: v for k, v in parsed.options.items() if k == "classes"}
     if kind_name in ("torchvision", "digits"):

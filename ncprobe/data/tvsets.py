@@ -236,7 +236,10 @@ def _read_stl10(root: Path, split: str, download: bool) -> RawSet:
         if len(labels) != len(images):
             raise DatasetError(f"stl10:{split} has {len(images)} images but {len(labels)} labels; re-download with --download")
     names = base / "class_names.txt"
-    classes = names.read_text().split() if names.is_file() else None
+    try:
+        classes = names.read_text(encoding="utf-8").split() if names.is_file() else None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{names} is not UTF-8 text; re-download stl10 with --download") from None
     return RawSet(labels=labels, files=paths + [names], images=images, classes=classes)
 
 
