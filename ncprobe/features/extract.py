@@ -4,12 +4,23 @@ Forward hooks on the probed modules capture their outputs, a pre-hook on the cla
 its input (``penultimate``) and the model's return value gives ``logits``; every capture is pooled
 to one vector per sample on the device, so a whole model is probed for the cost of one forward pass.
 The same code serves every model (timm, CIFAR ResNets, user classes): no per-model paths.
+Results are cached on disk (:mod:`.cache`) under a key that covers the architecture's code too
+(:func:`architecture_fingerprint`).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
 import time
+import types
+import warnings
 from contextlib import ExitStack, nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,6 +85,234 @@ def checkpoint_id(ckpt: LoadedCheckpoint) -> str:
     return ckpt.weights_fingerprint
 
 
+# ---------------------------------------------------------------- what the architecture's code is
+
+#: packages whose code is identified by their version (and, for ncprobe, a hash of its own files)
+_VERSIONED = ("torch", "torchvision", "timm", "ncprobe")
+#: ncprobe's code that builds, loads and runs a model and turns its outputs into features
+NCPROBE_CODE = ("models/**/*.py", "checkpoint/**/*.py", "features/extract.py", "features/probe_points.py",
+                "data/transforms.py", "data/batches.py")
+
+
+def architecture_fingerprint(ckpt: LoadedCheckpoint) -> dict:
+    """Everything about the code that computes the features, for the cache key.
+
+    ``arch`` (the name: registered, ``timm:NAME``, ``path.py:Class``, ``pkg.module:Class``), the model's
+    class and classifier, the versions of Python, torch, torchvision, timm and ncprobe, a hash of
+    ncprobe's own architecture and extraction code (:data:`NCPROBE_CODE`), and for code outside those
+    packages: the sha256 of each source file (the file or module named by ``arch`` and the file of
+    every class in the model's modules and their bases) plus a digest of the code actually loaded
+    from it (its functions' bytecode and constants), so a file edited after it was imported in a
+    long-lived process (a notebook) cannot file the old code's features under the new file's key.
+    """
+    model = ckpt.model
+    modules: dict[str, types.ModuleType | None] = {}
+    classes: dict[str, set] = {}
+    for sub in model.modules():
+        for cls in type(sub).__mro__:
+            name = getattr(cls, "__module__", None) or ""
+            if cls is not object and name.split(".")[0] not in _VERSIONED and name != "builtins":
+                modules.setdefault(name, sys.modules.get(name))
+                classes.setdefault(name, set()).add(cls)
+    files: set[Path] = set()
+    named = _named_arch_file(ckpt.arch)
+    if named is not None:
+        files.add(named)
+    loaded, packages = [], {}
+    for name in sorted(modules):
+        mod = modules[name]
+        file = getattr(mod, "__file__", None)
+        if file:
+            files.add(Path(file))
+        loaded.append(_module_code_digest(mod, classes[name]) if mod is not None else f"unloaded:{name}")
+        top = name.split(".")[0]
+        packages[top] = _distribution_version(top)
+    script = _script_code_digest(model)
+    unique = {os.path.realpath(f) for f in files}  # `mynet.py` and the module's absolute __file__ are one file
+    return {
+        "arch": str(ckpt.arch or ""),
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "head": ckpt.head_name,
+        "hookable": bool(ckpt.hookable),
+        "versions": _versions(),
+        "ncprobe_code": ncprobe_code_digest(),
+        "packages": packages,
+        "files": sorted(_file_digest(Path(f)) for f in unique),
+        "loaded_code": loaded,
+        **({"script_code": script} if script else {}),
+    }
+
+
+def _named_arch_file(arch) -> Path | None:
+    """The source file of a user architecture: the file of ``path.py:Class``, the module of ``pkg.module:Class``."""
+    arch = str(arch or "")
+    target, _, attr = arch.rpartition(":")
+    if not target or not attr or arch.startswith("timm:"):
+        return None
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        return Path(target).expanduser()
+    mod = sys.modules.get(target)
+    file = getattr(mod, "__file__", None)
+    if file is None:
+        try:
+            spec = importlib.util.find_spec(target)
+            file = spec.origin if spec is not None and spec.has_location else None
+        except Exception:  # noqa: BLE001 - an unimportable name: the arch string itself still keys the entry
+            file = None
+    return Path(file) if file else None
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        return f"unreadable:{path}:{type(exc).__name__}"
+
+
+@functools.lru_cache(maxsize=None)
+def _versions() -> dict:
+    from .. import __version__
+
+    out = {"python": "%d.%d" % sys.version_info[:2], "torch": torch.__version__, "ncprobe": __version__}
+    for dist in ("torchvision", "timm"):
+        out[dist] = _distribution_version(dist)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except Exception:  # noqa: BLE001 - not installed as a distribution (a local module)
+        mod = sys.modules.get(name)
+        version = getattr(mod, "__version__", None)
+        return str(version) if version is not None else None
+
+
+def code_tree_digest(root: Path, patterns=NCPROBE_CODE) -> str:
+    """sha256 over the relative paths and contents of the files under ``root`` matching ``patterns``."""
+    root = Path(root)
+    h = hashlib.sha256()
+    found = sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_file()})
+    for p in found:
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def ncprobe_code_digest() -> str:
+    """:func:`code_tree_digest` of the installed ncprobe (once per process: that is the code that runs)."""
+    return code_tree_digest(Path(__file__).resolve().parents[1])
+
+
+_LITERALS = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis))
+
+
+def _literal(value, depth: int = 0) -> str | None:
+    """A deterministic text for simple values (sets sorted: their order varies between processes), else None."""
+    if isinstance(value, _LITERALS):
+        return repr(value)
+    if depth > 4:
+        return None
+    if isinstance(value, (tuple, list)):
+        parts = [_literal(v, depth + 1) for v in value]
+        return None if None in parts else f"{type(value).__name__}({','.join(parts)})"
+    if isinstance(value, (set, frozenset)):
+        parts = [_literal(v, depth + 1) for v in value]
+        return None if None in parts else f"set({','.join(sorted(parts))})"
+    if isinstance(value, dict):
+        parts = [(_literal(k, depth + 1), _literal(v, depth + 1)) for k, v in value.items()]
+        return None if any(None in kv for kv in parts) else f"dict({','.join(sorted(f'{k}:{v}' for k, v in parts))})"
+    return None
+
+
+def _hash_code(h, code: types.CodeType) -> None:
+    h.update(code.co_code)
+    h.update(repr((code.co_names, code.co_varnames, code.co_freevars, code.co_argcount, code.co_flags)).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _hash_code(h, const)
+        else:
+            h.update((_literal(const) or type(const).__name__).encode())
+
+
+def _hash_function(h, fn) -> None:
+    fn = getattr(fn, "__func__", fn)  # staticmethod / classmethod / bound method
+    while hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__
+    code = getattr(fn, "__code__", None)
+    if isinstance(code, types.CodeType):
+        _hash_code(h, code)
+        for defaults in (getattr(fn, "__defaults__", None), getattr(fn, "__kwdefaults__", None)):
+            if defaults:
+                h.update((_literal(defaults) or repr(sorted(map(type, defaults), key=str))).encode())
+
+
+def _hash_class(h, cls, seen) -> None:
+    if cls in seen:
+        return
+    seen.add(cls)
+    for attr, value in sorted(vars(cls).items(), key=lambda kv: kv[0]):
+        h.update(attr.encode() + b"=")
+        if isinstance(value, property):
+            for part in (value.fget, value.fset):
+                if part is not None:
+                    _hash_function(h, part)
+        elif isinstance(value, type):
+            _hash_class(h, value, seen)
+        elif callable(value) or isinstance(value, (staticmethod, classmethod)):
+            _hash_function(h, value)
+        else:
+            h.update((_literal(value) or type(value).__name__).encode())
+
+
+def _module_code_digest(mod: types.ModuleType, classes=()) -> str:
+    """A digest of the code loaded from ``mod``: its functions' and classes' bytecode and constants, and its
+    simple module-level constants. Deterministic across processes for the same source and Python. For
+    ``__main__`` (a script or notebook, whose globals change all the time) only ``classes``, the model's."""
+    h = hashlib.sha256()
+    seen: set = set()
+    if mod.__name__ == "__main__":
+        for cls in sorted(classes, key=lambda c: c.__qualname__):
+            h.update(b"class " + cls.__qualname__.encode())
+            _hash_class(h, cls, seen)
+        return h.hexdigest()
+    for attr, value in sorted(vars(mod).items(), key=lambda kv: kv[0]):
+        if attr.startswith("__") or isinstance(value, types.ModuleType):
+            continue
+        origin = getattr(value, "__module__", None)
+        if isinstance(value, type):
+            if origin == mod.__name__:
+                h.update(b"class " + attr.encode())
+                _hash_class(h, value, seen)
+        elif isinstance(value, types.FunctionType):
+            if (origin or "").split(".")[0] not in _VERSIONED:
+                h.update(b"def " + attr.encode())
+                _hash_function(h, value)
+        else:
+            text = _literal(value)
+            if text is not None:
+                h.update(f"{attr}={text}".encode())
+    return h.hexdigest()
+
+
+def _script_code_digest(model) -> str | None:
+    """For TorchScript and torch.fx modules (code that lives in the object, not in a source file): a
+    digest of their generated code."""
+    kinds = (torch.jit.ScriptModule, torch.fx.GraphModule)
+    h, found = hashlib.sha256(), False
+    for name, sub in model.named_modules():
+        if isinstance(sub, kinds):
+            found = True
+            try:
+                code = sub.code
+            except Exception:  # noqa: BLE001 - a script module without forward has no code
+                code = ""
+            h.update(f"{name}\0{code}\0".encode())
+    return h.hexdigest() if found else None
+
+
 def extract_features(
     ckpt: LoadedCheckpoint,
     source: DataSource,
@@ -108,16 +347,25 @@ def extract_features(
         names = [LOGITS]
     size = tuple(ckpt.input_size[-2:])
     preprocess_desc = {"size": list(size), "mean": list(ckpt.mean), "std": list(ckpt.std), "amp": use_amp}
+    state = None
     if use_cache:
-        key = feature_cache.cache_key(checkpoint_id(ckpt), source.fingerprint, preprocess_desc, names, f"pool:{tokens}")
+        try:
+            arch_desc = architecture_fingerprint(ckpt)
+        except Exception as exc:  # noqa: BLE001 - odd user code: run without the cache rather than key it wrongly
+            warnings.warn(f"cannot tell what code computes {ckpt.name}'s features ({type(exc).__name__}); "
+                          f"not using the feature cache", stacklevel=2)
+            use_cache = False
+    if use_cache:
+        key = feature_cache.cache_key(checkpoint_id(ckpt), source.fingerprint, preprocess_desc, names, f"pool:{tokens}",
+                                      architecture=arch_desc)
         cache_dir = feature_cache.default_cache_dir() if cache_dir is None else cache_dir
-        cached = feature_cache.load(cache_dir, key, source.name)
+        cached, state = feature_cache.lookup(cache_dir, key, source.name)
         if cached is not None:
             return cached
 
     fs = _forward(ckpt, source, names, dev, batch_size, progress, workers, use_amp, tokens, layers == ALL)
     fs.meta = {"dataset": source.spec, "checkpoint": ckpt.name, "seconds": fs.seconds}
-    if use_cache:
+    if use_cache and state != feature_cache.UNREADABLE:  # never overwrite an entry we may not read
         feature_cache.save(cache_dir, key, fs)
     return fs
 
