@@ -21,16 +21,15 @@ def command(csv, layer, scorers, group_by, fmt, top):
 
     Runs tagged with the same --group (e.g. seeds of one recipe) are pooled: mean, std and the
     worst case across runs, as the L2-normalization paper reports. NC1 at the classifier input
-    comes from the collapse.csv beside OOD_CSV when present.
+    comes from the collapse.csv beside OOD_CSV when present. Rows with a NaN or infinite AUROC are
+    left out (with a warning), and an OOD set listed twice in a run counts once.
     """
-    import pandas as pd
-
-    from ..report.leaderboard import leaderboard, legend, read_ood_csv
+    from ..report.leaderboard import leaderboard, legend, read_run_tables
     from ..report.tables import render
 
-    df = read_ood_csv(csv)
-    collapse_path = (csv if csv.is_dir() else csv.parent) / "collapse.csv"
-    collapse = pd.read_csv(collapse_path) if collapse_path.exists() else None
+    # ood.csv and the collapse.csv beside it, read together under the folder's lock; problems with
+    # ood.csv are one-line errors, a collapse.csv that cannot give NC1 is a one-line warning
+    df, collapse = read_run_tables(csv)
     keys = [k.strip() for k in group_by.split(",") if k.strip()]
     board = leaderboard(df, layer=layer, scorers=list(scorers), group_by=keys, collapse=collapse)
     if top:

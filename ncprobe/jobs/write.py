@@ -2,29 +2,50 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..report.csvlog import append_rows
+from ..errors import NcprobeError
+from ..report.csvlog import append_tables, check_writable, os_error
+
+RUN_TABLES = ("ood.csv", "collapse.csv", "transfer.csv", "correlation.csv")
+
+
+def check_out(out, tables=RUN_TABLES) -> Path:
+    """Before any work: ``out`` is a writable folder whose tables can take rows, or can be created
+    (nothing is created here, so a run that fails leaves no empty folder behind)."""
+    out = Path(out)
+    if out.is_dir():
+        return check_writable(out, tables)
+    if out.exists():
+        raise NcprobeError(f"{out} is a file; give a directory for the CSVs and plots")
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NcprobeError(f"{out}: {probe} is a file, so the folder cannot be created; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise NcprobeError(f"{out}: {probe} is not writable (permission denied); choose another path")
+    return out
 
 
 def write_tables(out, tables: dict[str, pd.DataFrame]) -> Path:
-    """Append each non-empty table to ``out/<file name>`` (created with a header), in the given order."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, table in tables.items():
-        if table is not None and not table.empty:
-            append_rows(out / name, table)
-    return out
+    """Append a run's non-empty tables to ``out/<file name>`` as one transaction: all rows or none."""
+    return append_tables(out, tables)
 
 
 def write_layers_plot(out, collapse: pd.DataFrame, ood: pd.DataFrame, run_id: str, title: str) -> Path:
     """NC1 and every scorer's AUROC against depth, to ``out/<run_id>.png``."""
     from ..report.plot import plot_layers  # matplotlib: only when a figure is drawn
 
-    return plot_layers(collapse, ood, Path(out) / f"{run_id}.png", title=title)
+    path = Path(out) / f"{run_id}.png"
+    try:
+        return plot_layers(collapse, ood, path, title=title)
+    except OSError as exc:
+        raise os_error(path, exc) from exc
 
 
 def write_scores(out, scores: pd.DataFrame, run_id: str) -> Path:
@@ -32,15 +53,17 @@ def write_scores(out, scores: pd.DataFrame, run_id: str) -> Path:
     row's index in its data source), ``label`` (-1 where unknown), ``columns`` (``layer/scorer``
     names) and ``scores`` (float64, rows x columns; higher = more in-distribution). Written to a
     temporary name and renamed, so a reader never sees half a file."""
-    import os
-
     path = Path(out) / f"{run_id}.scores.npz"
     tmp = path.with_name(f".{path.name}.tmp.npz")
     columns = [c for c in scores.columns if c not in ("set", "index", "label")]
-    np.savez(tmp, set=scores["set"].to_numpy(dtype=str), index=scores["index"].to_numpy(np.int64),
-             label=scores["label"].to_numpy(np.int64), columns=np.asarray(columns, dtype=str),
-             scores=scores[columns].to_numpy(np.float64))
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, set=scores["set"].to_numpy(dtype=str), index=scores["index"].to_numpy(np.int64),
+                 label=scores["label"].to_numpy(np.int64), columns=np.asarray(columns, dtype=str),
+                 scores=scores[columns].to_numpy(np.float64))
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise os_error(path, exc) from exc
     return path
 
 

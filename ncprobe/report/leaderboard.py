@@ -2,32 +2,135 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import NcprobeError
+from .csvlog import NA_STRINGS, TableError, os_error, parse_table, snapshot
+from .schema import IDENTIFIER_COLUMNS
 
 REQUIRED = {"run_id", "checkpoint", "ood", "layer", "scorer", "auroc", "fpr95"}
+#: the columns a leaderboard averages: they must hold numbers
+METRICS = ("auroc", "fpr95")
+HINT = "pass the ood.csv written by `ncprobe layers --out DIR`"
+
+
+def _warn(message: str) -> None:
+    warnings.warn(" ".join(message.split()), stacklevel=3)
+
+
+def _locate(path) -> Path:
+    path = Path(path)
+    return path / "ood.csv" if path.is_dir() else path
 
 
 def read_ood_csv(path) -> pd.DataFrame:
-    path = Path(path)
-    if path.is_dir():
-        path = path / "ood.csv"
-    if not path.exists():
-        raise NcprobeError(f"{path} does not exist; pass the ood.csv written by `ncprobe layers --out DIR`")
+    """The checked rows of an ``ood.csv`` (or of ``DIR/ood.csv``): see :func:`read_run_tables`."""
+    return read_run_tables(path, collapse=False)[0]
+
+
+def read_run_tables(path, *, collapse: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """``ood.csv`` at ``path`` (a file, or a folder holding one) and, with ``collapse``, the
+    ``collapse.csv`` beside it (None when absent or unusable, with a one-line warning), read together
+    under the folder's lock so that both show the same runs.
+
+    ``ood.csv`` problems are one-line :class:`~ncprobe.errors.NcprobeError` naming the file: absent,
+    empty, not a CSV, columns missing, text in a number column. Rows with a NaN or infinite AUROC or
+    FPR95 are not an error: their (run, scorer, layer) entries are left out with a warning that
+    counts them. An OOD set listed twice in a run counts once (warning).
+    """
+    path = _locate(path)
+    sibling = path.with_name("collapse.csv")
+    names = [path.name] + ([sibling.name] if collapse and sibling.name != path.name else [])
     try:
-        df = pd.read_csv(path, keep_default_na=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise NcprobeError(f"{path} is not a readable CSV ({type(exc).__name__}); pass an ood.csv from `ncprobe layers`") from exc
+        tables = snapshot(path.parent, names)
+    except OSError as exc:
+        raise os_error(path, exc, reading=True) from exc
+    if tables[path.name] is None:
+        raise TableError(f"{path} does not exist; {HINT}")
+    ood = clean_ood(parse_table(tables[path.name], path, hint=HINT), str(path), first_line=2)
+    coll = None
+    if tables.get(sibling.name) is not None and sibling != path:
+        coll = _clean_collapse(tables[sibling.name], sibling)
+    return ood, coll
+
+
+def _numbers(series: pd.Series, col: str, where: str, first_line: int | None) -> pd.Series:
+    """``series`` as floats; text that is not a number (other than an empty / NA cell) is an error."""
+    if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
+        text = series.astype(object).where(series.notna(), "").astype(str).str.strip()
+        values = pd.to_numeric(text.where(~text.isin(NA_STRINGS), None), errors="coerce")
+        bad = values.isna() & ~text.isin(NA_STRINGS)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            at = f"line {i + first_line}" if first_line is not None else f"row {i + 1}"
+            raise TableError(f"{where}: column {col} holds text that is not a number ({text.iloc[i]!r} on {at}, "
+                             f"{int(bad.sum())} such cell(s)); ncprobe writes numbers there, so the file is "
+                             f"damaged or not from ncprobe; repair or delete those rows")
+        return values.astype(float)
+    return series.astype(float)
+
+
+def clean_ood(df: pd.DataFrame, where: str = "the ood table", first_line: int | None = None) -> pd.DataFrame:
+    """Check and tidy ood rows before ranking: required columns, numbers in the metric columns,
+    identifier columns as text (NaN as empty); entries with a non-finite AUROC / FPR95 left out and
+    an OOD set repeated within a run counted once, each with a one-line warning."""
     missing = REQUIRED - set(df.columns)
     if missing:
-        raise NcprobeError(f"{path} lacks the columns {', '.join(sorted(missing))}; pass an ood.csv from `ncprobe layers`")
-    for col in ("group", "mode"):
-        if col in df.columns:
+        raise TableError(f"{where} lacks the columns {', '.join(sorted(missing))}; {HINT}")
+    if df.empty:
+        raise TableError(f"{where} has no rows; {HINT}")
+    df = df.reset_index(drop=True).copy()
+    for col in df.columns:
+        if col in IDENTIFIER_COLUMNS:
             df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
+    for col in (*METRICS, "id_accuracy"):
+        if col in df.columns:
+            df[col] = _numbers(df[col], col, where, first_line)
+    entry = ["run_id", "scorer", "layer"]
+    bad = ~np.isfinite(df[list(METRICS)].to_numpy()).all(axis=1)
+    if bad.any():
+        bad_keys = df.loc[bad, entry].drop_duplicates()
+        drop = df[entry].merge(bad_keys, how="left", indicator=True)["_merge"].eq("both").to_numpy()
+        _warn(f"{where}: {int(bad.sum())} row(s) have a NaN or infinite auroc/fpr95; their {len(bad_keys)} "
+              f"(run, scorer, layer) entries ({int(drop.sum())} rows) are left out of the leaderboard, since a "
+              f"mean over fewer OOD sets would not compare with the others")
+        df = df[~drop].reset_index(drop=True)
+        if df.empty:
+            raise TableError(f"{where}: no row has a finite auroc and fpr95; rerun `ncprobe layers` on usable data")
+    dup = df.duplicated(entry + ["ood"], keep="first")
+    if dup.any():
+        repeated = df.loc[dup, ["run_id", "ood"]].drop_duplicates()
+        example = repeated.iloc[0]
+        first_rows = df[df.duplicated(entry + ["ood"], keep=False)]
+        differ = (first_rows.groupby(entry + ["ood"])["auroc"].nunique() > 1).any()
+        _warn(f"{where}: {len(repeated)} OOD set(s) are listed more than once within a run (e.g. {example['ood']!r} "
+              f"in run {example['run_id']}); each counts once in the means (its first row is kept)"
+              + ("; their AUROCs differ, so two different sets may share one name" if differ else ""))
+        df = df[~dup].reset_index(drop=True)
     return df
+
+
+def _clean_collapse(data: bytes, path: Path) -> pd.DataFrame | None:
+    """The collapse.csv beside an ood.csv, or None (warning) when it cannot give NC1 per run."""
+    try:
+        coll = parse_table(data, path, hint="NC1 is left out of the leaderboard")
+    except TableError as exc:
+        _warn(str(exc))
+        return None
+    missing = {"run_id", "layer", "nc1"} - set(coll.columns)
+    if missing:
+        _warn(f"{path} lacks the columns {', '.join(sorted(missing))}; NC1 is left out of the leaderboard")
+        return None
+    try:
+        coll["nc1"] = _numbers(coll["nc1"], "nc1", str(path), 2)
+    except TableError as exc:
+        _warn(f"{exc}; NC1 is left out of the leaderboard")
+        return None
+    return coll
 
 
 def choose_layer(df: pd.DataFrame, layer: str) -> pd.DataFrame:
@@ -50,7 +153,11 @@ def choose_layer(df: pd.DataFrame, layer: str) -> pd.DataFrame:
 
 def leaderboard(df: pd.DataFrame, *, layer: str = "best", scorers=None, group_by=None,
                 collapse: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Mean AUROC over OOD sets per run, then mean / std / worst over the runs of each group."""
+    """Mean AUROC over OOD sets per run, then mean / std / worst over the runs of each group.
+
+    ``df`` is checked and tidied by :func:`clean_ood` first (a no-op for rows from :func:`read_ood_csv`).
+    """
+    df = clean_ood(df)
     if scorers:
         unknown = set(scorers) - set(df["scorer"])
         if unknown:
@@ -71,7 +178,10 @@ def leaderboard(df: pd.DataFrame, *, layer: str = "best", scorers=None, group_by
     if "id_accuracy" not in chosen:
         per_run["id_accuracy"] = float("nan")
     if collapse is not None and {"run_id", "layer", "nc1"} <= set(collapse.columns):
-        pen = collapse[collapse["layer"] == "penultimate"].drop_duplicates("run_id").set_index("run_id")["nc1"]
+        coll = collapse.assign(run_id=collapse["run_id"].astype(object).where(collapse["run_id"].notna(), "").astype(str),
+                               layer=collapse["layer"].astype(object).where(collapse["layer"].notna(), "").astype(str),
+                               nc1=pd.to_numeric(collapse["nc1"], errors="coerce"))
+        pen = coll[coll["layer"] == "penultimate"].drop_duplicates("run_id").set_index("run_id")["nc1"]
         per_run["nc1_penultimate"] = per_run["run_id"].map(pen)
     keys = [g for g in group_by if g != "scorer"] + ["scorer"]
     agg = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import pandas as pd
 
@@ -20,10 +20,10 @@ from ..stats.collapse import NC_COLUMNS
 OOD_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "id", "fit", "ood",
                "layer", "layer_index", "dim", "scorer", "params", "tuned_on", "auroc", "aupr_in", "aupr_out",
                "aupr_in_trapz", "aupr_out_trapz", "fpr95", "fpr95_oodpos",
-               "id_accuracy", "n_fit", "n_id", "n_ood", "seed", "group", "ncprobe_version"]
+               "id_accuracy", "n_fit", "n_id", "n_ood", "seed", "group", "mean", "std", "norm_origin", "ncprobe_version"]
 #: collapse.csv: one row per probed layer of the fit (or --data) set
 COLLAPSE_COLUMNS = ["checkpoint", "checkpoint_sha256", "arch", "data", "layer", "layer_index", "dim", "n",
-                    "classes", *NC_COLUMNS, "run_id", "timestamp", "mode", "group"]
+                    "classes", *NC_COLUMNS, "run_id", "timestamp", "mode", "group", "mean", "std", "norm_origin"]
 #: transfer.csv: one row per (transfer set, layer)
 TRANSFER_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "transfer", "layer",
                     "layer_index", "dim", "transfer_acc", "n_train", "n_test", "transfer_classes", "seed", "group"]
@@ -44,6 +44,9 @@ class RunInfo:
     mode: str
     group: str
     seed: int
+    mean: str = ""
+    std: str = ""
+    norm_origin: str = ""
     ncprobe_version: str = __version__
 
     @classmethod
@@ -52,7 +55,19 @@ class RunInfo:
         now = _dt.datetime.now(_dt.timezone.utc)
         return cls(run_id=now.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3),
                    timestamp=now.isoformat(timespec="seconds"), checkpoint=ckpt.name,
-                   checkpoint_sha256=ckpt.sha256, arch=ckpt.arch, mode=ckpt.mode, group=group or "", seed=seed)
+                   checkpoint_sha256=ckpt.sha256, arch=ckpt.arch, mode=ckpt.mode, group=group or "", seed=seed,
+                   mean="/".join(f"{v:g}" for v in ckpt.mean), std="/".join(f"{v:g}" for v in ckpt.std),
+                   norm_origin=str(ckpt.origin.get("mean", "")))
+
+
+#: Columns that name things (run ids, times, file names, hashes, dataset specs, layer and scorer names,
+#: parameter strings, group tags): read and written as text, never re-typed, so ``007`` stays ``007``,
+#: ``NA`` stays ``NA`` and an empty group stays empty. The text fields of :class:`RunInfo` plus the
+#: name columns of the tables above; every other column is a number.
+IDENTIFIER_COLUMNS: frozenset[str] = frozenset(
+    [f.name for f in fields(RunInfo) if f.type in ("str", str)]
+    + ["id", "fit", "ood", "layer", "scorer", "params", "tuned_on", "data", "transfer", "x", "y"]
+)
 
 
 def stamp(table: pd.DataFrame, run: RunInfo, columns: list[str], **extra) -> pd.DataFrame:

@@ -60,7 +60,7 @@ def layer_table(collapse: pd.DataFrame, ood: pd.DataFrame, transfer: pd.DataFram
 
 
 def _logit_dim(ood):
-    d = ood.loc[ood["layer"] == "logits", "dim"]
+    d = pd.to_numeric(ood.loc[ood["layer"] == "logits", "dim"], errors="coerce").dropna()
     return int(d.iloc[0]) if len(d) else 0
 
 
@@ -69,7 +69,8 @@ def best_layer_table(ood: pd.DataFrame) -> pd.DataFrame:
     mean = ood.groupby(["scorer", "layer"])["auroc"].mean()
     rows = []
     for scorer in dict.fromkeys(ood["scorer"]):
-        best = mean.loc[scorer].idxmax()
+        per_layer = mean.loc[scorer]
+        best = per_layer.idxmax() if per_layer.notna().any() else per_layer.index[0]  # all NaN: no best, shown as -
         part = ood[(ood["scorer"] == scorer) & (ood["layer"] == best)]
         row = {"scorer": scorer, "best layer": best}
         for r in part.itertuples():
