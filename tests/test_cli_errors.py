@@ -126,13 +126,18 @@ def test_a_model_with_a_fixed_input_size_guessed_wrong_says_pass_input_size(tmp_
         torch.jit.save(torch.jit.script(Fixed().eval()), str(path))
     line = _err(["inspect", path, "--trust-code"], capsys)
     assert "--input-size" in line
-    line = _err(["eval", path, "--trust-code", "--data", ID, "--no-cache", "-q"], capsys)
+    # a labelled set of 16x16 images: neither 16 nor the guessed 224 fits the model
+    np.savez(tmp_path / "d16.npz", x=np.zeros((6, 16, 16, 3), np.uint8), y=np.arange(6) % 4)
+    line = _err(["eval", path, "--trust-code", "--data", tmp_path / "d16.npz", "--no-cache", "-q"], capsys)
     assert "--input-size" in line
-    try:
-        main(["eval", str(path), "--trust-code", "--data", ID, "--no-cache", "-q", "--input-size", "3,8,8"])
-    except SystemExit as exc:
-        assert exc.code in (0, None)
-    assert "accuracy:" in capsys.readouterr().out
+    for extra in (["--input-size", "3,8,8"], []):  # given, or calibrated on 8x8 digits (their native size)
+        try:
+            main(["eval", str(path), "--trust-code", "--data", ID, "--no-cache", "-q", *extra])
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+        captured = capsys.readouterr()
+        assert "accuracy:" in captured.out
+    assert "calibrated" in captured.err and "8x8" in captured.err
 
 
 def test_an_os_error_anywhere_is_one_line(monkeypatch, capsys):

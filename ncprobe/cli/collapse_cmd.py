@@ -40,6 +40,8 @@ def command(checkpoint, data, layers, out, group, checkpoint_options, run):
                              "nc4", "tr_ratio", "cdnv"]]
     ckpt = result.checkpoint
     click.echo(f"{ckpt.name}  ({ckpt.arch}, {ckpt.num_classes} classes)  on {data}")
+    for line in result.notes:
+        click.echo(line)
     click.echo(render(table, digits=4))
     note = cache_note(result.from_cache)
     if note:

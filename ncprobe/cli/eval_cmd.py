@@ -17,5 +17,8 @@ def command(checkpoint, data, checkpoint_options, run):
     """Top-1 accuracy of CKPT on a labelled dataset (prints `accuracy: 0.XXXX`)."""
     from ..api import evaluate
 
-    acc = evaluate(checkpoint, data, checkpoint_options=checkpoint_options, **run)
+    notes: list[str] = []
+    acc = evaluate(checkpoint, data, checkpoint_options=checkpoint_options, report=notes.append, **run)
+    for line in notes:  # after success only: an error stays the one line on stderr
+        click.echo(line, err=True)
     click.echo(f"accuracy: {acc:.4f}")

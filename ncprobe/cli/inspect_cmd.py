@@ -12,7 +12,8 @@ from .options import checkpoint_options
 
 _ORIGIN_HELP = (
     "origin: flag = given on the command line, file = stored in the checkpoint, registry = checkpoints.yaml "
-    "(matched by sha256 or name), inferred = from the weights' keys and shapes, default = the architecture's default"
+    "(matched by sha256 or name), inferred = from the weights' keys and shapes, calibrated = chosen on a labelled set, "
+    "default = the architecture's default"
 )
 
 
@@ -89,15 +90,29 @@ def format_report(info: dict) -> str:
 @click.argument("checkpoint")
 @checkpoint_options
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON instead of a table.")
-def command(checkpoint: str, as_json: bool, checkpoint_options):
+@click.option("--data", default=None, metavar="SPEC",
+              help="A labelled set to calibrate the normalization (and input size) on when nothing else says it.")
+def command(checkpoint: str, as_json: bool, data, checkpoint_options):
     """Show a checkpoint's architecture, parameter count, classes, input size and normalization,
     sha256 and probe layers, with the origin of each fact.
 
     CHECKPOINT is a file (state_dict, wrapped state_dict, .safetensors, TorchScript, or a pickled
     model with --trust-pickle), a name from checkpoints.yaml, or timm:NAME.
     """
+    from ..jobs.calibrate import assumption_warning, calibrate
+    from ..jobs.inputs import check_labelled, resolve_source
+
     ckpt = load_checkpoint(checkpoint, **checkpoint_options)
-    info = describe(ckpt)
+    line = None
+    if data is not None:
+        source = resolve_source(data)
+        check_labelled(source, ckpt.num_classes, "calibration")
+        line = calibrate(ckpt, source)
+    elif assumption_warning(ckpt):
+        line = f"warning: {assumption_warning(ckpt)}"
+    info = describe(ckpt)  # may fail (e.g. a wrong input size): then the error is the only line
+    if line:
+        click.echo(line, err=True)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:

@@ -76,6 +76,8 @@ def command(checkpoint, id_spec, ood_specs, fit_spec, fit_split, scorers, layers
     click.echo(f"{ckpt.name} ({ckpt.arch}, {ckpt.num_classes} classes)  ID {row['id']} "
                f"(accuracy {result.id_accuracy:.4f})  fit {row['fit']} (n={row['n_fit']})")
     click.echo(f"OOD: {', '.join(dict.fromkeys(result.ood['ood']))}")
+    for line in result.notes:
+        click.echo(line)
     click.echo("")
     click.echo("Per layer: NC1 (lower = more collapsed), NCC accuracy, AUROC per scorer averaged over OOD sets "
                "(* = best layer)")

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import click
-
-from ..errors import NcprobeError
 
 
 def checkpoint_options(fn):
@@ -59,21 +56,10 @@ def run_options(fn):
 
 
 def ensure_writable_dir(path: Path) -> Path:
-    """Check, before any work, that ``--out`` is or can become a writable directory; create nothing
-    (the tables' writer creates it), so a run that fails leaves no empty folder behind."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NcprobeError(f"--out {path} is a file; give a directory for the CSVs and plots")
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise NcprobeError(f"--out {path}: {probe} is a file, so the folder cannot be created; choose another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise NcprobeError(f"--out {path}: {probe} is not writable (permission denied); choose another path")
-    return path
+    """``--out`` checked before any work (see :func:`ncprobe.jobs.write.check_out`); creates nothing."""
+    from ..jobs.write import check_out
+
+    return check_out(path, ())
 
 
 def cache_note(from_cache: dict) -> str:
@@ -107,3 +93,8 @@ def _scorers_help() -> str:
 def scorers_option(fn):
     """--scorers, with the names, defaults and help taken from the scorer registry."""
     return click.option("--scorers", cls=LazyHelpOption, help_from=_scorers_help, default=None, metavar="NAMES")(fn)
+
+
+def note(line: str) -> None:
+    """A one-line note of a run (e.g. the calibrated normalization), on stderr beside the warnings."""
+    click.echo(line, err=True)

@@ -10,6 +10,16 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+#: the standard input normalizations, the candidates of calibration: name -> (mean, std)
+NORMALIZATIONS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar10-kuangliu": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "0.5/0.5": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
 #: bounds on what a checkpoint file may ask ncprobe to build (checked before any allocation)
 MAX_CLASSES = 100_000
 MAX_INPUT_CHANNELS = 16
