@@ -165,3 +165,17 @@ def test_undecodable_path_names_print(monkeypatch, capsys):
     monkeypatch.setattr(api_mod, "evaluate", denied)
     line = _err(["eval", "x.pt", "--data", ID], capsys)
     assert "Permission denied" in line and "caf" in line
+
+
+def test_a_checkpoint_whose_file_name_is_not_utf8_runs_and_writes(tmp_path, capsys):
+    import os
+
+    import pandas as pd
+
+    name = os.fsdecode(b"caf\xe9.pt")
+    torch.save(create_model("small_cnn", num_classes=4).state_dict(), tmp_path / name)
+    main(["layers", str(tmp_path / name), "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--no-cache", "-q",
+          "--out", str(tmp_path / "out"), "--no-plot", "--scorers", "msp"])
+    capsys.readouterr()
+    ood = pd.read_csv(tmp_path / "out" / "ood.csv")
+    assert set(ood["checkpoint"]) == {"caf\\xe9"}

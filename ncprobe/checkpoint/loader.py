@@ -293,13 +293,20 @@ def _result(model: nn.Module, facts: _Facts, *, sha256: str, source: str, metada
         std=std,
         sha256=sha256,
         source=source,
-        name=facts.get("name"),
+        name=_text(facts.get("name")),
         probe_layers=list(facts.get("probe_layers") or []),
         origin=origin,
         metadata=metadata,
         hookable=bool(metadata.get("hookable", True)),
         recipe=metadata.get("ncprobe"),
     )
+
+
+def _text(name) -> str:
+    """A name as valid text: bytes of a file name that are not UTF-8 become \\xNN escapes, so tables and
+    messages can be written."""
+    name = str(name)
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _check_classes(facts: _Facts, n: int, path: Path) -> None:
