@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models.external import timm_pretrained
-from ..models.introspect import default_probe_layers, find_head, guess_input_size
+from ..models.introspect import find_head, guess_input_size, probe_layers_for_model
 from ..models.ncprobe_format import build_model_from_meta, check_meta
 from ..models.registry import get_arch, list_archs
 from ..models.spec import (
@@ -484,7 +484,8 @@ def _module_facts(facts: _Facts, model: nn.Module, path: Path, arch: str) -> Non
     _check_classes(facts, int(out), path)
     facts.set("arch", arch, "file")
     facts.set("head", head, "inferred")
-    facts.set("probe_layers", default_probe_layers(model, head), "inferred")
+    input_size = facts.get("input_size") or guess_input_size(model)
+    facts.set("probe_layers", probe_layers_for_model(model, head, input_size), "inferred")
     facts.set("input_size", guess_input_size(model), "inferred")
 
 

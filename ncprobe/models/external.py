@@ -18,10 +18,10 @@ from torch import nn
 from ..errors import CheckpointError
 from .introspect import (
     build_on_meta,
-    default_probe_layers,
     find_head,
     guess_input_size,
     module_name,
+    probe_layers_for_model,
 )
 from .spec import IMAGENET_MEAN, IMAGENET_STD, ArchSpec
 
@@ -129,7 +129,11 @@ def timm_probe_layers(model: nn.Module, head: str | None) -> list[str]:
             names = []
     modules = dict(model.named_modules())
     names = [n for n in names if n in modules and n != head]
-    return names or default_probe_layers(model, head)
+    if len(names) >= 3:
+        return names
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    auto = probe_layers_for_model(model, head, tuple(cfg.get("input_size") or (3, 224, 224)))
+    return names if len(names) >= len(auto) else auto
 
 
 def timm_spec(model_name: str) -> ArchSpec:
@@ -236,7 +240,7 @@ def user_class_spec(name: str) -> ArchSpec:
         name=name,
         builder=partial(_user_build, obj, accepts),
         head=head,
-        probe_layers=tuple(default_probe_layers(model, head)),
+        probe_layers=tuple(probe_layers_for_model(model, head, guess_input_size(model))),
         input_size=guess_input_size(model),
         family="user",
         description=f"user class {name}",

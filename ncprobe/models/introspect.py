@@ -103,3 +103,78 @@ def build_on_meta(builder, **kwargs) -> nn.Module:
             return builder(**kwargs)
     except Exception:
         return builder(**kwargs)  # some code cannot run on meta; a real error surfaces here
+
+
+def spatial_stages(model: nn.Module, input_size, head: str | None = None) -> list[str]:
+    """Stage boundaries found by running one zero image of ``input_size`` (C, H, W) through
+    ``model`` (on the meta device when its parameters are there): the outputs where each spatial
+    resolution ends, so a network whose blocks all sit inside one ``features`` Sequential (VGG,
+    DenseNet, many custom nets) still gets one probe point per stage.
+
+    Within each run of modules with the same output H x W (in execution order), the shallowest
+    module is taken, the last one to finish when several are equally shallow; modules inside the head,
+    1x1 maps (global pooling) and maps larger than an earlier one (up-sampling) are ignored. Returns [] when the forward pass fails (e.g. the guessed input size is wrong).
+    """
+    head_prefix = f"{head}." if head else None
+    records: list[tuple[str, tuple[int, int]]] = []
+    hooks = []
+
+    def hook(name):
+        def fn(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                records.append((name, tuple(output.shape[-2:])))
+        return fn
+
+    try:
+        for name, module in model.named_modules():
+            if not name or name == head or (head_prefix and name.startswith(head_prefix)):
+                continue
+            hooks.append(module.register_forward_hook(hook(name)))
+    except RuntimeError:  # TorchScript modules take no hooks
+        for h in hooks:
+            h.remove()
+        return []
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *tuple(input_size), device=device))
+    except Exception:  # noqa: BLE001 - a model we cannot run here simply gets no automatic stages
+        return []
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    stages: list[str] = []
+    i = 0
+    smallest = None
+    while i < len(records):
+        j = i
+        while j + 1 < len(records) and records[j + 1][1] == records[i][1]:
+            j += 1
+        segment = records[i : j + 1]
+        h, w = records[i][1]
+        i = j + 1
+        # a 1x1 map is a globally pooled vector (the penultimate feature's job); a map larger than an
+        # earlier one is an up-sampling (e.g. VGG's adaptive pool to 7x7), not a stage
+        if h * w <= 1 or (smallest is not None and h * w > smallest):
+            continue
+        smallest = h * w
+        depth = min(name.count(".") for name, _ in segment)
+        chosen = [name for name, _ in segment if name.count(".") == depth][-1]
+        if chosen not in stages:
+            stages.append(chosen)
+    return stages
+
+
+def probe_layers_for_model(model: nn.Module, head: str | None, input_size, minimum: int = 3) -> list[str]:
+    """The default probe points of a model ncprobe does not know: its top-level parametrized
+    containers (:func:`default_probe_layers`) or, when those are fewer than ``minimum``, the stage
+    boundaries of :func:`spatial_stages` when they give more."""
+    plain = default_probe_layers(model, head)
+    if len(plain) >= minimum:
+        return plain
+    stages = spatial_stages(model, input_size, head)
+    return stages if len(stages) > len(plain) else plain
