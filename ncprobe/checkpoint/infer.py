@@ -60,6 +60,7 @@ class Match:
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, file, model
     num_classes: int | None = None
     file_keys: int = 0  # tensors in the file, BatchNorm counters aside
+    duplicates: tuple[str, ...] = ()  # keys dropped: the same tensor as another key's (a head saved twice)
 
     @property
     def exact(self) -> bool:
@@ -112,6 +113,29 @@ def compare(sig: Signature, sd: dict, num_classes: int | None = None) -> Match:
     return m
 
 
+def _same_tensor(a, b) -> bool:
+    """The same storage, offset and strides: one tensor saved under two names (not merely equal values,
+    so that e.g. two zero biases never make a wrong architecture match)."""
+    if a.is_meta or b.is_meta or a.numel() == 0 or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return (a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+            and a.storage_offset() == b.storage_offset() and a.stride() == b.stride())
+
+
+def drop_duplicates(m: Match) -> dict | None:
+    """``m.state_dict`` without the unexpected keys that alias an expected key's tensor (a module
+    registered under two names, e.g. ``fc`` and ``classifier``); None when there are none."""
+    if not m.unexpected:
+        return None
+    sd, unexpected = m.state_dict, set(m.unexpected)
+    by_shape: dict[tuple, list[str]] = {}
+    for k, v in sd.items():
+        if k not in unexpected:
+            by_shape.setdefault(tuple(v.shape), []).append(k)
+    dup = {u for u in m.unexpected if any(_same_tensor(sd[u], sd[e]) for e in by_shape.get(tuple(sd[u].shape), ()))}
+    return {k: v for k, v in sd.items() if k not in dup} if dup else None
+
+
 def key_variants(sd: dict, spec: ArchSpec | None = None) -> list[tuple[tuple[str, ...], bool, dict]]:
     """(stripped prefixes, aliased?, state_dict) to try, best guess first."""
     out = []
@@ -131,6 +155,11 @@ def best_match(spec: ArchSpec, sd: dict, num_classes: int | None = None) -> Matc
     best = None
     for stripped, aliased, variant in key_variants(sd, spec):
         m = compare(sig, variant, num_classes)
+        deduped = drop_duplicates(m)
+        if deduped is not None:
+            kept = compare(sig, deduped, num_classes)
+            kept.duplicates = tuple(k for k in variant if k not in deduped)
+            m = kept
         m.stripped, m.aliased = stripped, aliased
         if m.exact:
             return m

@@ -21,7 +21,7 @@ from ..errors import CheckpointError
 from ..models.external import timm_pretrained
 from ..models.introspect import find_head, guess_input_size, probe_layers_for_model
 from ..models.ncprobe_format import build_model_from_meta, check_meta
-from ..models.registry import get_arch, list_archs
+from ..models.registry import builtin_arch, get_arch, list_archs
 from ..models.spec import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -125,8 +125,10 @@ def _registry_facts(facts: _Facts, entry: dict) -> None:
 def _known_arch_name(name: Any) -> bool:
     """A registered or pattern architecture. Never a timm: or file:Class name read from a file:
     importing code named by a checkpoint would run it."""
-    if not isinstance(name, str) or ":" in name:
+    if not isinstance(name, str):
         return False
+    if ":" in name:
+        return builtin_arch(name) is not None  # e.g. tv:resnet18: defined by ncprobe itself
     try:
         get_arch(name)
     except CheckpointError:
@@ -399,7 +401,8 @@ def load_checkpoint(
 
     if ncmeta is not None and (facts.origin.get("arch") != "flag" or facts.get("arch") == ncmeta.get("arch")):
         named = str(ncmeta.get("arch", ""))
-        if ":" in named and not named.startswith("timm:") and not (trust_pickle or trust_code or arch == named):
+        if (":" in named and not named.startswith("timm:") and builtin_arch(named) is None
+                and not (trust_pickle or trust_code or arch == named)):
             raise CheckpointError(
                 f"checkpoint {path} builds its model with user code {named}; importing it runs that code: "
                 f"pass --arch {named} (or --trust-pickle) if you trust it"
@@ -413,7 +416,9 @@ def load_checkpoint(
             raise _mismatch_error(path, spec, facts, m, sd)
         model = _instantiate(spec, m)
         _spec_facts(facts, spec, m)
-        meta.update(stripped_prefixes=list(m.stripped), aliased_keys=m.aliased)
+        meta.update(stripped_prefixes=list(m.stripped), aliased_keys=m.aliased, duplicate_keys=list(m.duplicates))
+        if spec.extra.get("channels_last_layers"):
+            meta["channels_last_layers"] = list(spec.extra["channels_last_layers"])
     elif raw.module is not None and raw.unpickled_code:
         model = raw.module
         _module_facts(facts, model, path, f"{type(model).__module__}.{type(model).__qualname__}")
@@ -435,7 +440,10 @@ def load_checkpoint(
             facts.set("arch", spec.name, "inferred")
             model = _instantiate(spec, inf.match)
             _spec_facts(facts, spec, inf.match)
-            meta.update(stripped_prefixes=list(inf.match.stripped), aliased_keys=inf.match.aliased)
+            meta.update(stripped_prefixes=list(inf.match.stripped), aliased_keys=inf.match.aliased,
+                        duplicate_keys=list(inf.match.duplicates))
+            if spec.extra.get("channels_last_layers"):
+                meta["channels_last_layers"] = list(spec.extra["channels_last_layers"])
         elif raw.format == "torchscript":  # of an unknown architecture: only its own code can run it
             if not (trust_code or trust_pickle):
                 why = f"its tensors cannot be read as data ({raw.extras['unreadable']})" if "unreadable" in raw.extras \

@@ -65,7 +65,7 @@ def _logits_of(out):
 def _channels_last_hints(ckpt: LoadedCheckpoint) -> set[str]:
     """Modules whose 4-D outputs are NHWC (some timm stages), from timm's feature_info."""
     info = getattr(ckpt.model, "feature_info", None)
-    hints = set()
+    hints = set(ckpt.metadata.get("channels_last_layers") or ())
     if info is None:
         return hints
     try:

@@ -83,6 +83,25 @@ def get_arch(name: str) -> ArchSpec:
     raise CheckpointError(f"unknown architecture {name!r}; known: {known}, or timm:NAME, or path.py:Class")
 
 
+def builtin_arch(name: str) -> ArchSpec | None:
+    """The spec of a registered or pattern name (``tv:resnet18``, ``wrn22_3``), else None; never
+    resolves ``timm:`` or ``file.py:Class`` names, so it is safe on names read from a file."""
+    if not isinstance(name, str):
+        return None
+    if name in _ARCHS:
+        return _ARCHS[name]
+    for pattern, factory in _PATTERNS:
+        m = pattern.fullmatch(name)
+        if m:
+            try:
+                spec = factory(m)
+            except CheckpointError:
+                return None
+            if spec is not None:
+                return spec
+    return None
+
+
 def list_archs(*, registration_order: bool = False) -> list[str]:
     """Registered names, sorted (or in registration order: families together, small to large)."""
     return list(_ARCHS) if registration_order else sorted(_ARCHS)
