@@ -207,3 +207,20 @@ def test_timm_registry_name_uses_pretrained_weights(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="cannot be reached"):
         load_checkpoint("timm:test_resnet")
     assert time.perf_counter() - started < 5
+
+
+def test_every_registry_entry_names_an_architecture_that_builds_with_its_classes():
+    """Each entry's arch resolves without network and its head has the entry's class count."""
+    from ncprobe.checkpoint import catalog as cat
+    from ncprobe.models import get_arch
+    from ncprobe.models.introspect import build_on_meta
+
+    for entry in cat.entries():
+        arch = entry["arch"]
+        if arch.startswith("timm:"):
+            continue
+        spec = get_arch(arch)
+        model = build_on_meta(spec.builder, num_classes=entry["num_classes"])
+        assert model.get_submodule(spec.head).out_features == entry["num_classes"], entry["name"]
+        if entry.get("filename") and len(entry.get("sha256", "")) == 8:
+            assert entry["sha256"] in entry["filename"], entry["name"]  # the publisher's hash prefix
