@@ -211,9 +211,17 @@ def _no_match_error(path: Path, sd: dict, closest: list[Match]) -> CheckpointErr
         near = f"no registered architecture shares its key names ({first}, ...)"
     return CheckpointError(
         f"checkpoint {path} matches no known architecture ({len(sd)} tensors){_hint(sd)}; {near}; "
-        f"pass --arch NAME (one of {', '.join(list_archs(registration_order=True))}), --arch timm:NAME "
-        "or --arch path/to/model.py:Class"
+        f"pass --arch NAME (a registered architecture, e.g. {_family_examples()}; `python -c \"import "
+        f"ncprobe.models as m; print(m.list_archs())\"` lists all), --arch timm:NAME or --arch path/to/model.py:Class"
     )
+
+
+def _family_examples() -> str:
+    """The first registered member of each family: a readable sample of the ~130 names."""
+    seen: dict[str, str] = {}
+    for name in list_archs(registration_order=True):
+        seen.setdefault(get_arch(name).family or name, name)
+    return ", ".join(seen.values())
 
 
 def _instantiate(spec: ArchSpec, m: Match) -> nn.Module:
