@@ -13,6 +13,7 @@ Besides fixed names (``register_arch``) the registry knows:
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable
 
@@ -53,9 +54,27 @@ def register_arch_inferrer(family: str, fn: Callable[[dict], list[str]]) -> None
     """Register ``fn(shapes: {key: shape tuple}) -> [arch names]`` for a family.
 
     Architecture inference only compares a state_dict against the members of ``family`` that
-    ``fn`` proposes (best first; may be near misses), instead of every registered member.
+    ``fn`` proposes (best first; may be near misses), instead of every registered member. ``fn``
+    never raises as far as callers see: inference runs every family's inferrer on every file, and
+    odd shapes mean "not this family".
     """
-    _INFERRERS[family] = fn
+
+    @functools.wraps(fn)
+    def never_raises(shapes: dict) -> list[str]:
+        try:
+            return list(fn(shapes))
+        except Exception:  # noqa: BLE001 - see above
+            return []
+
+    _INFERRERS[family] = never_raises
+
+
+def register_spec(spec: ArchSpec) -> ArchSpec:
+    """Register a ready-made :class:`ArchSpec` under ``spec.name`` (the decorator form is :func:`register_arch`)."""
+    if spec.name in _ARCHS:
+        raise ValueError(f"architecture {spec.name!r} registered twice")
+    _ARCHS[spec.name] = spec
+    return spec
 
 
 def family_inferrers() -> dict[str, Callable[[dict], list[str]]]:

@@ -37,54 +37,24 @@ models, default class count from the name). The hub's normalization (CIFAR-10 me
 
 from __future__ import annotations
 
-import functools
 import re
 from functools import partial
 
 import torch
 from torch import nn
 
-from ..registry import register_arch, register_arch_inferrer, register_arch_pattern
+from ..registry import register_arch_inferrer, register_arch_pattern, register_spec
 from ..spec import ArchSpec
+from ._keys import key_indices
 
 CIFAR = (3, 32, 32)
 IMAGENET_CLASSES = 1000
 
 
-def _safe(fn):
-    """An inferrer must never raise: architecture inference runs every family's on every file."""
-
-    @functools.wraps(fn)
-    def wrapper(shapes: dict) -> list[str]:
-        try:
-            return list(fn(shapes))
-        except Exception:  # noqa: BLE001 - odd shapes mean "not this family"
-            return []
-
-    return wrapper
 
 
-def _register(spec: ArchSpec) -> None:
-    register_arch(
-        spec.name,
-        head=spec.head,
-        probe_layers=spec.probe_layers,
-        input_size=spec.input_size,
-        family=spec.family,
-        description=spec.description,
-        default_num_classes=spec.default_num_classes,
-        extra=dict(spec.extra),
-    )(spec.builder)
 
 
-def _indices(shapes: dict, regex: re.Pattern) -> dict[str, set[int]]:
-    """{group(1): {int(group(2)), ...}} over the keys that ``regex`` matches at their start."""
-    out: dict[str, set[int]] = {}
-    for key in shapes:
-        m = regex.match(key)
-        if m:
-            out.setdefault(m.group(1), set()).add(int(m.group(2)))
-    return out
 
 
 # ================================================================ ResNet, option-B shortcuts
@@ -176,7 +146,6 @@ def _build_resnet(depth: int, width: int, num_classes: int = 10) -> CifarResNetB
 _RES_BLOCK = re.compile(r"layer([1-9])\.(\d+)\.")
 
 
-@_safe
 def _infer_resnet(shapes: dict) -> list[str]:
     """Depth from the blocks per stage, width from the stem; needs ``downsample`` shortcuts and ``fc``."""
     if "fc.weight" not in shapes or "layer2.0.downsample.0.weight" not in shapes:
@@ -184,7 +153,7 @@ def _infer_resnet(shapes: dict) -> list[str]:
     stem = shapes.get("conv1.weight")
     if stem is None or len(stem) != 4 or stem[2:] != (3, 3):
         return []
-    counts = _indices(shapes, _RES_BLOCK)
+    counts = key_indices(shapes, _RES_BLOCK)
     if set(counts) != {"1", "2", "3"} or any(".conv3." in k for k in shapes):
         return []  # four stages (torchvision) or bottlenecks: another family
     n = max(len(v) for v in counts.values())
@@ -313,7 +282,6 @@ def _vgg_spec(depth: int, num_classes: int = 10, name: str | None = None) -> Arc
     )
 
 
-@_safe
 def _infer_vgg(shapes: dict) -> list[str]:
     """The conv configuration from the ``features`` indices; a 3-Linear classifier on 1x1 maps."""
     fc0, fc6 = shapes.get("classifier.0.weight"), shapes.get("classifier.6.weight")
@@ -383,14 +351,13 @@ def _mnv2_spec(width_mult: float, num_classes: int = 10, name: str | None = None
 _FEATURES = re.compile(r"(features)\.(\d+)\.")
 
 
-@_safe
 def _infer_mnv2(shapes: dict) -> list[str]:
     """Width multiplier from the stem and last conv widths; not proposed for 1000-class heads."""
     head = shapes.get("classifier.1.weight")
     stem = shapes.get("features.0.0.weight")
     if head is None or stem is None or "features.1.conv.0.0.weight" not in shapes or head[0] == IMAGENET_CLASSES:
         return []
-    last_idx = max(_indices(shapes, _FEATURES)["features"])
+    last_idx = max(key_indices(shapes, _FEATURES)["features"])
     last = shapes.get(f"features.{last_idx}.0.weight")
     if last is None or last_idx != 18:
         return []
@@ -446,13 +413,12 @@ def _shuffle_spec(tag: str, num_classes: int = 10, name: str | None = None) -> A
 _STAGE = re.compile(r"stage([2-4])\.(\d+)\.")
 
 
-@_safe
 def _infer_shuffle(shapes: dict) -> list[str]:
     """Stage widths from the first block's branches, repeats from the block counts."""
     head, conv5 = shapes.get("fc.weight"), shapes.get("conv5.0.weight")
     if head is None or conv5 is None or "stage2.0.branch1.0.weight" not in shapes or head[0] == IMAGENET_CLASSES:
         return []
-    counts = _indices(shapes, _STAGE)
+    counts = key_indices(shapes, _STAGE)
     repeats = tuple(len(counts.get(s, ())) for s in "234")
     widths = tuple(2 * shapes[f"stage{s}.0.branch2.0.weight"][0] for s in "234")
     stem = shapes["conv1.0.weight"][0]
@@ -465,13 +431,13 @@ def _infer_shuffle(shapes: dict) -> list[str]:
 # ================================================================ registration
 
 for _d in RESNET_DEPTHS:
-    _register(_resnet_spec(_d))
+    register_spec(_resnet_spec(_d))
 for _d in VGG_CFGS:
-    _register(_vgg_spec(_d))
+    register_spec(_vgg_spec(_d))
 for _wm in MNV2_WIDTHS:
-    _register(_mnv2_spec(_wm))
+    register_spec(_mnv2_spec(_wm))
 for _t in SHUFFLE_WIDTHS:
-    _register(_shuffle_spec(_t))
+    register_spec(_shuffle_spec(_t))
 
 
 def _resnet_pattern(m: re.Match) -> ArchSpec | None:

@@ -31,7 +31,6 @@ do not say so, so the specs keep the defaults.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from functools import partial
@@ -40,45 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import register_arch, register_arch_inferrer, register_arch_pattern
+from ..registry import register_arch_inferrer, register_arch_pattern, register_spec
 from ..spec import ArchSpec
+from ._keys import key_indices
 
 CIFAR = (3, 32, 32)
 
 
-def _safe(fn):
-    """An inferrer must never raise: architecture inference runs every family's on every file."""
-
-    @functools.wraps(fn)
-    def wrapper(shapes: dict) -> list[str]:
-        try:
-            return list(fn(shapes))
-        except Exception:  # noqa: BLE001 - odd shapes mean "not this family"
-            return []
-
-    return wrapper
 
 
-def _register(spec: ArchSpec) -> None:
-    register_arch(
-        spec.name,
-        head=spec.head,
-        probe_layers=spec.probe_layers,
-        input_size=spec.input_size,
-        family=spec.family,
-        description=spec.description,
-        default_num_classes=spec.default_num_classes,
-        extra=dict(spec.extra),
-    )(spec.builder)
 
 
-def _indices(shapes: dict, regex: re.Pattern) -> dict[str, set[int]]:
-    out: dict[str, set[int]] = {}
-    for key in shapes:
-        m = regex.match(key)
-        if m:
-            out.setdefault(m.group(1), set()).add(int(m.group(2)))
-    return out
 
 
 # ================================================================ PreActResNet
@@ -181,7 +152,6 @@ def _preact_name(depth: int, final_bn: bool) -> str:
 _LAYER = re.compile(r"layer([1-4])\.(\d+)\.")
 
 
-@_safe
 def _infer_preact(shapes: dict) -> list[str]:
     """Pre-activation: no stem BN, the first block's ``bn1`` sized like its input, conv-only shortcuts."""
     stem = shapes.get("conv1.weight")
@@ -191,7 +161,7 @@ def _infer_preact(shapes: dict) -> list[str]:
         return []
     if any(k.startswith("layer2.0.shortcut.1.") for k in shapes):
         return []  # a BN in the shortcut: post-activation ResNet (resnet*_cifar)
-    counts = _indices(shapes, _LAYER)
+    counts = key_indices(shapes, _LAYER)
     blocks = tuple(len(counts.get(s, ())) for s in "1234")
     bottleneck = "layer1.0.conv3.weight" in shapes
     final_bn = "bn.weight" in shapes
@@ -268,7 +238,6 @@ def _vgg_cfg(shapes: dict) -> tuple | None:
     return tuple(cfg) + ("M",)
 
 
-@_safe
 def _infer_vgg(shapes: dict) -> list[str]:
     head = shapes.get("classifier.weight")
     if head is None or len(head) != 2:
@@ -334,7 +303,6 @@ class MobileNetV2Cifar(nn.Module):
         return self.linear(torch.flatten(self.avgpool(out), 1))
 
 
-@_safe
 def _infer_mnv2(shapes: dict) -> list[str]:
     if "linear.weight" not in shapes or "layers.0.conv2.weight" not in shapes or "conv2.weight" not in shapes:
         return []
@@ -440,7 +408,6 @@ def _dense_spec(k: int, blocks: tuple, name: str | None = None) -> ArchSpec | No
 _DENSE = re.compile(r"dense([1-4])\.(\d+)\.")
 
 
-@_safe
 def _infer_dense(shapes: dict) -> list[str]:
     """Growth rate from the first layer's 3x3 conv, blocks from the key counts."""
     conv = shapes.get("dense1.0.conv2.weight")
@@ -450,7 +417,7 @@ def _infer_dense(shapes: dict) -> list[str]:
     k = conv[0]
     if stem[0] != 2 * k:
         return []
-    counts = _indices(shapes, _DENSE)
+    counts = key_indices(shapes, _DENSE)
     blocks = tuple(len(counts.get(s, ())) for s in "1234")
     if min(blocks) < 1:
         return []
@@ -461,7 +428,7 @@ def _infer_dense(shapes: dict) -> list[str]:
 
 for _d in PREACT_CONFIGS:
     for _bn in (False, True):
-        _register(ArchSpec(
+        register_spec(ArchSpec(
             name=_preact_name(_d, _bn),
             builder=partial(_build_preact, _d, _bn),
             head="linear",
@@ -473,7 +440,7 @@ for _d in PREACT_CONFIGS:
         ))
 
 for _d, _cfg in VGG_CFGS.items():
-    _register(ArchSpec(
+    register_spec(ArchSpec(
         name=f"vgg{_d}_cifar",
         builder=partial(lambda cfg, num_classes=10: VGGCifar(cfg, num_classes=num_classes), _cfg),
         head="classifier",
@@ -483,7 +450,7 @@ for _d, _cfg in VGG_CFGS.items():
         description=f"VGG-{_d} with BN for 32x32 inputs, one Linear classifier (kuangliu/pytorch-cifar layout)",
     ))
 
-_register(ArchSpec(
+register_spec(ArchSpec(
     name="mobilenetv2_cifar",
     builder=lambda num_classes=10: MobileNetV2Cifar(num_classes=num_classes),
     head="linear",
@@ -494,7 +461,7 @@ _register(ArchSpec(
 ))
 
 for _name, (_k, _blocks) in DENSE_NAMED.items():
-    _register(_dense_spec(_k, _blocks, name=_name))
+    register_spec(_dense_spec(_k, _blocks, name=_name))
 
 
 def _dense_pattern(m: re.Match) -> ArchSpec | None:

@@ -41,7 +41,6 @@ weights use.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from functools import partial
@@ -51,22 +50,12 @@ from torch import nn
 from ...errors import CheckpointError
 from ..registry import get_arch, register_arch, register_arch_inferrer, register_arch_pattern
 from ..spec import ArchSpec
+from ._keys import key_indices
 
 PREFIX = "tv:"
 _SPECS: dict[str, ArchSpec] = {}  # every fixed tv: spec, by name
 
 
-def _safe(fn):
-    """An inferrer must never raise: architecture inference runs every family's on every file."""
-
-    @functools.wraps(fn)
-    def wrapper(shapes: dict) -> list[str]:
-        try:
-            return list(fn(shapes))
-        except Exception:  # noqa: BLE001 - odd shapes mean "not this family"
-            return []
-
-    return wrapper
 
 
 def _build(fn_name: str, kwargs: dict, cifar_stem: bool, num_classes: int = 1000) -> nn.Module:
@@ -108,13 +97,6 @@ def _add(spec: ArchSpec) -> None:
     _SPECS[spec.name] = get_arch(spec.name)  # the registry's own object, so aliases return it
 
 
-def _indices(shapes: dict, regex: re.Pattern) -> dict[str, set[int]]:
-    out: dict[str, set[int]] = {}
-    for key in shapes:
-        m = regex.match(key)
-        if m:
-            out.setdefault(m.group(1), set()).add(int(m.group(2)))
-    return out
 
 
 # ================================================================ ResNet / Wide ResNet / ResNeXt
@@ -152,7 +134,6 @@ def _resnet_spec(base: str, cifar: bool) -> ArchSpec:
 _LAYER = re.compile(r"layer([1-4])\.(\d+)\.")
 
 
-@_safe
 def _infer_resnet(shapes: dict) -> list[str]:
     """Block type and counts, bottleneck width and groups, and the stem kernel (7x7 or 3x3)."""
     stem, c2 = shapes.get("conv1.weight"), shapes.get("layer1.0.conv2.weight")
@@ -160,7 +141,7 @@ def _infer_resnet(shapes: dict) -> list[str]:
         return []
     if stem[0] != 64 or "layer4.0.conv1.weight" not in shapes or "layer2.0.downsample.0.weight" not in shapes:
         return []
-    counts = _indices(shapes, _LAYER)
+    counts = key_indices(shapes, _LAYER)
     blocks = tuple(len(counts.get(s, ())) for s in "1234")
     bottleneck = "layer1.0.conv3.weight" in shapes
     cifar = stem[2:] == (3, 3)
@@ -191,12 +172,11 @@ DENSENETS = {  # growth rate, block config, stem width
 _DENSE = re.compile(r"features\.denseblock([1-4])\.denselayer(\d+)\.")
 
 
-@_safe
 def _infer_densenet(shapes: dict) -> list[str]:
     stem, first = shapes.get("features.conv0.weight"), shapes.get("features.denseblock1.denselayer1.conv2.weight")
     if stem is None or first is None or "classifier.weight" not in shapes:
         return []
-    counts = _indices(shapes, _DENSE)
+    counts = key_indices(shapes, _DENSE)
     got = (first[0], tuple(len(counts.get(s, ())) for s in "1234"), stem[0])
     exact = [f"{PREFIX}{n}" for n, cfg in DENSENETS.items() if cfg == got]
     return exact or [f"{PREFIX}{n}" for n, cfg in DENSENETS.items() if cfg[0] == got[0]]
@@ -248,7 +228,6 @@ def _vgg_cfg(shapes: dict) -> tuple[tuple, bool] | None:
     return tuple(cfg) + ("M",), bn
 
 
-@_safe
 def _infer_vgg(shapes: dict) -> list[str]:
     fc0 = shapes.get("classifier.0.weight")
     if fc0 is None or "classifier.6.weight" not in shapes or len(fc0) != 2:
@@ -274,11 +253,10 @@ MOBILENETS = {  # name: (head, probe, last features index, its width)
 _FEAT = re.compile(r"(features)\.(\d+)\.")
 
 
-@_safe
 def _infer_mobilenet(shapes: dict) -> list[str]:
     if "features.0.0.weight" not in shapes:
         return []
-    last = max(_indices(shapes, _FEAT)["features"])
+    last = max(key_indices(shapes, _FEAT)["features"])
     width = shapes[f"features.{last}.0.weight"][0]
     if "features.1.conv.0.0.weight" in shapes and "classifier.1.weight" in shapes:
         names = ["mobilenet_v2"]
@@ -309,7 +287,6 @@ EFFICIENTNETS = {  # name: (stem width, eval crop, probe)
 }
 
 
-@_safe
 def _infer_efficientnet(shapes: dict) -> list[str]:
     stem = shapes.get("features.0.0.weight")
     if stem is None or "features.1.0.block.0.0.weight" not in shapes or "classifier.1.weight" not in shapes:
@@ -325,14 +302,13 @@ CONVNEXTS = {"convnext_tiny": (96, 9), "convnext_small": (96, 27), "convnext_bas
 _STAGE = re.compile(r"features\.([1357])\.(\d+)\.")
 
 
-@_safe
 def _infer_convnext(shapes: dict) -> list[str]:
     stem = shapes.get("features.0.0.weight")
     if stem is None or stem[2:] != (4, 4) or "features.1.0.layer_scale" not in shapes:
         return []
     if "classifier.2.weight" not in shapes:
         return []
-    blocks = len(_indices(shapes, _STAGE).get("5", ()))
+    blocks = len(key_indices(shapes, _STAGE).get("5", ()))
     got = (stem[0], blocks)
     exact = [n for n, cfg in CONVNEXTS.items() if cfg == got]
     return [f"{PREFIX}{n}" for n in (exact or [n for n, cfg in CONVNEXTS.items() if cfg[0] == stem[0]])]
@@ -368,7 +344,6 @@ def _vit_spec(base: str, image_size: int | None = None) -> ArchSpec:
 _ENC = re.compile(r"encoder\.layers\.encoder_layer_(\d+)\.")
 
 
-@_safe
 def _infer_vit(shapes: dict) -> list[str]:
     proj, pos = shapes.get("conv_proj.weight"), shapes.get("encoder.pos_embedding")
     if proj is None or pos is None or "class_token" not in shapes or "heads.head.weight" not in shapes:
@@ -401,13 +376,12 @@ SWINS = {  # name: (embed width, blocks in stage 3, v2, eval crop)
 }
 
 
-@_safe
 def _infer_swin(shapes: dict) -> list[str]:
     stem = shapes.get("features.0.0.weight")
     if stem is None or "features.1.0.attn.qkv.weight" not in shapes or "head.weight" not in shapes:
         return []
     v2 = "features.1.0.attn.logit_scale" in shapes
-    blocks = len(_indices(shapes, _STAGE).get("5", ()))
+    blocks = len(key_indices(shapes, _STAGE).get("5", ()))
     got = (stem[0], blocks, v2)
     exact = [n for n, cfg in SWINS.items() if cfg[:3] == got]
     return [f"{PREFIX}{n}" for n in (exact or [n for n, cfg in SWINS.items() if cfg[0] == stem[0] and cfg[2] == v2])]
