@@ -46,3 +46,38 @@ def preprocess_like_ncprobe(images: np.ndarray, mean, std) -> torch.Tensor:
     m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
     return ((x - m) / s).float()
+
+
+def assert_head_scorer_contract(name, x, y, w, b, z, *, atol=0.0):
+    """The shared contract of a scorer that reads the classifier head: needs the head, not fitted
+    before fit, finite float64 scores independent of the batch size, NaN rows counted, fit rows
+    checked, widths checked, zero rows finite. ``z`` has 400 rows, ``x`` 300."""
+    import numpy as np
+    import pytest
+
+    from ncprobe.errors import ScoringError
+    from ncprobe.scores import get_scorer
+
+    s = get_scorer(name)
+    assert s.input == "features" and s.needs_head and not s.default and s.paper
+    assert set(s.grid) <= set(s.get_params())
+    with pytest.raises(ScoringError, match="head"):
+        get_scorer(name).fit(x, y)
+    with pytest.raises(ScoringError, match="not fitted"):
+        s.score(z)
+    s.fit(x, y, head=(w, b))
+    out = s.score(z)
+    assert out.dtype == np.float64 and out.shape == (len(z),) and np.isfinite(out).all()
+    s.batch_size = 7
+    np.testing.assert_allclose(s.score(z), out, rtol=1e-12, atol=atol)
+    bad = z.copy()
+    bad[[0, 9, 300]] = np.nan
+    with pytest.raises(ScoringError, match=f"3 of {len(z)} rows"):
+        s.score(bad)
+    x_bad = x.copy()
+    x_bad[4] = np.inf
+    with pytest.raises(ScoringError, match=f"1 of {len(x)} rows of the fit features"):
+        get_scorer(name).fit(x_bad, y, head=(w, b))
+    with pytest.raises(ScoringError, match="width"):
+        s.score(np.ones((2, z.shape[1] + 1)))
+    assert np.isfinite(s.score(np.zeros((2, z.shape[1])))).all()  # zero rows stay finite

@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 from ncprobe.errors import ScoringError
 from ncprobe.scores import get_scorer
+from tests.helpers import assert_head_scorer_contract
 
 NEW = ("she", "nnguide")
 
@@ -141,24 +142,7 @@ def test_nnguide_against_pytorch_ood():
 # ------------------------------------------------------------------------------ the contract
 @pytest.mark.parametrize("name", NEW)
 def test_contract(name):
-    x, y, w, b, z = _problem(5)
-    s = get_scorer(name)
-    assert s.input == "features" and s.needs_head and not s.default and s.paper
-    assert set(s.grid) <= set(s.get_params())
-    with pytest.raises(ScoringError, match="head"):
-        get_scorer(name).fit(x, y)
-    with pytest.raises(ScoringError, match="not fitted"):
-        s.score(z)
-    s.fit(x, y, head=(w, b))
-    out = s.score(z)
-    assert out.dtype == np.float64 and out.shape == (400,) and np.isfinite(out).all()
-    s.batch_size = 7
-    np.testing.assert_allclose(s.score(z), out, rtol=1e-12)
-    bad = z.copy()
-    bad[[0, 9, 300]] = np.nan
-    with pytest.raises(ScoringError, match="3 of 400 rows"):
-        s.score(bad)
-    assert np.isfinite(s.score(np.zeros((2, z.shape[1])))).all()  # zero rows stay finite
+    assert_head_scorer_contract(name, *_problem(5))
 
 
 def test_she_needs_labels_and_nnguide_k():

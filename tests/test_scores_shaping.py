@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 from ncprobe.errors import ScoringError
 from ncprobe.scores import get_scorer
 from ncprobe.scores.shaping import top_k_mask
+from tests.helpers import assert_head_scorer_contract
 
 NEW = ("react", "vra", "ash_p", "ash_b", "ash_s", "scale", "dice")
 
@@ -258,27 +259,7 @@ def test_vra_differs_from_pytorch_ood_below_the_low_threshold():
 # ------------------------------------------------------------------------------ the contract
 @pytest.mark.parametrize("name", NEW)
 def test_contract(name):
-    x, y, w, b, z = _problem(10)
-    s = get_scorer(name)
-    assert s.input == "features" and s.needs_head and not s.default and s.paper
-    assert set(s.grid) <= set(s.get_params())
-    with pytest.raises(ScoringError, match="head"):
-        get_scorer(name).fit(x, y)
-    with pytest.raises(ScoringError, match="not fitted"):
-        s.score(z)
-    s.fit(x, y, head=(w, b))
-    out = s.score(z)
-    assert out.dtype == np.float64 and out.shape == (400,) and np.isfinite(out).all()
-    s.batch_size = 7
-    np.testing.assert_allclose(s.score(z), out, rtol=1e-12)
-    bad = z.copy()
-    bad[[0, 9, 300]] = np.nan
-    with pytest.raises(ScoringError, match="3 of 400 rows"):
-        s.score(bad)
-    x_bad = x.copy()
-    x_bad[4] = np.inf
-    with pytest.raises(ScoringError, match="1 of 300 rows of the fit features"):
-        get_scorer(name).fit(x_bad, y, head=(w, b))
+    assert_head_scorer_contract(name, *_problem(10))
 
 
 def test_parameter_checks():
