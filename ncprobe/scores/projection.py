@@ -20,7 +20,7 @@ from ..errors import ScoringError
 from ..stats._threads import single_blas_thread
 from .base import Scorer
 from .registry import register_scorer
-from .subspace import vim_default_dim
+from .subspace import residual_space
 
 __all__ = ["Residual", "PNML"]
 
@@ -54,19 +54,7 @@ class Residual(Scorer):
 
     def _fit(self, x, y, head, stats) -> None:
         w, b = head
-        d = x.shape[1]
-        dim = vim_default_dim(d) if self.dim is None else self.dim
-        if not 1 <= dim < d:
-            raise ScoringError(
-                f"residual principal dimension {dim} must be between 1 and the feature width {d} - 1; "
-                "pass a smaller dim"
-            )
-        self.dim_principal_ = dim
-        with single_blas_thread():
-            self.origin_ = -np.linalg.pinv(w) @ b
-        xc = x - self.origin_
-        _, v = _eigh(xc.T @ xc / x.shape[0])
-        self.null_space_ = np.ascontiguousarray(v[:, : d - dim])  # the d - D smallest eigenvalues
+        self.dim_principal_, self.origin_, self.null_space_ = residual_space(x, w, b, self.dim, "residual")
 
     def _score_batch(self, x):
         return -np.linalg.norm((x - self.origin_) @ self.null_space_, axis=1)

@@ -28,6 +28,23 @@ def _eigh_desc(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lam[::-1], v[:, ::-1]
 
 
+def residual_space(x: np.ndarray, w: np.ndarray, b: np.ndarray, dim: int | None, who: str):
+    """(D, u, P_perp) of ViM's residual: u = -pinv(W) b, and the (d, d - D) eigenvectors of the
+    d - D smallest eigenvalues of the uncentred covariance of (x - u) / N; D from ``dim`` or
+    :func:`vim_default_dim`. Shared by ViM and the Residual score."""
+    d = x.shape[1]
+    dim = vim_default_dim(d) if dim is None else dim
+    if not 1 <= dim < d:
+        raise ScoringError(
+            f"{who} principal dimension {dim} must be between 1 and the feature width {d} - 1; pass a smaller dim"
+        )
+    with single_blas_thread():
+        origin = -np.linalg.pinv(w) @ b
+    xc = x - origin
+    _, v = _eigh_desc(xc.T @ xc / x.shape[0])
+    return dim, origin, np.ascontiguousarray(v[:, dim:])
+
+
 @register_scorer
 class ViM(Scorer):
     """Virtual-logit matching (Wang, Li, Zhang & Zhang, CVPR 2022).
@@ -53,21 +70,9 @@ class ViM(Scorer):
 
     def _fit(self, x, y, head, stats) -> None:
         w, b = head
-        d = x.shape[1]
-        dim = vim_default_dim(d) if self.dim is None else self.dim
-        if not 1 <= dim < d:
-            raise ScoringError(
-                f"vim principal dimension {dim} must be between 1 and the feature width {d} - 1; "
-                "pass a smaller dim"
-            )
-        self.dim_principal_ = dim
         self.w_, self.b_ = w, b
-        with single_blas_thread():
-            self.origin_ = -np.linalg.pinv(w) @ b
+        self.dim_principal_, self.origin_, self.null_space_ = residual_space(x, w, b, self.dim, "vim")
         xc = x - self.origin_
-        cov = xc.T @ xc / x.shape[0]
-        _, v = _eigh_desc(cov)
-        self.null_space_ = np.ascontiguousarray(v[:, dim:])  # (d, d - D)
         vlogit = np.linalg.norm(xc @ self.null_space_, axis=1)
         mean_v = float(vlogit.mean())
         if not mean_v > 0:
