@@ -179,3 +179,19 @@ def test_a_checkpoint_whose_file_name_is_not_utf8_runs_and_writes(tmp_path, caps
     capsys.readouterr()
     ood = pd.read_csv(tmp_path / "out" / "ood.csv")
     assert set(ood["checkpoint"]) == {"caf\\xe9"}
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--fit", ID, "--ood", "noise:gaussian"], "fit set"),
+    (["--fit", FIT, "--ood", ID], "is the ID set itself"),
+    (["--fit", FIT, "--ood", "noise:gaussian", "--val-ood", ID], "validation OOD set"),
+    (["--fit", FIT, "--ood", "noise:gaussian", "--val-ood", "noise:uniform", "--val-ood", "noise:uniform"], "twice"),
+    (["--fit", FIT, "--ood", "noise:gaussian", "--scorer-param", "knn.k=1.5"], "whole number"),
+    (["--fit", FIT, "--ood", "noise:gaussian", "--scorer-param", "neco.maxlogit=maybe"], "true or false"),
+    (["--fit", FIT, "--ood", "noise:gaussian", "--scorer-param", "energy.T=inf"], "finite"),
+    (["--fit", FIT, "--ood", "noise:gaussian", "--scorer-param", "probe_energy.c=0"], "c > 0"),
+    (["--fit", FIT, "--ood", "noise:gaussian", "--scorer-param", "mahalanobis.rcond=-1"], "rcond"),
+])
+def test_sets_that_would_inflate_numbers_and_bad_scorer_values(ckpt_path, capsys, extra, needle):
+    line = _err(["layers", ckpt_path, "--id", ID, *extra, "--no-cache", "-q"], capsys)
+    assert needle in line

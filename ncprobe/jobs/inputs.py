@@ -189,6 +189,11 @@ def resolve_layers_inputs(checkpoint, id, ood, fit=None, *, fit_split=None, seed
                           scorer_params=params)
     if fit is not None:
         inputs.fit = source(fit, "train")
+        if inputs.fit.fingerprint == id_source.fingerprint:
+            raise ParameterError(
+                f"the fit set {inputs.fit.name!r} is the ID test set itself; fitting on the test set inflates "
+                "every score: give {fit} the training split, or hold part of the ID set out with {fit_split}"
+            )
         check_labelled(inputs.fit, ckpt.num_classes, "fit")
         check_class_sizes(inputs.fit.labels, names)
     labels = np.asarray(id_source.labels)
@@ -202,6 +207,8 @@ def resolve_layers_inputs(checkpoint, id, ood, fit=None, *, fit_split=None, seed
     for src in inputs.ood:
         if len(src) == 0:
             raise NcprobeError(f"the OOD set {src.name!r} is empty; check its path and options")
+        if src.fingerprint == id_source.fingerprint:
+            raise ParameterError(f"the OOD set {src.name!r} is the ID set itself; give {{ood}} a different set")
         for key in (f"name:{src.name}", f"data:{src.fingerprint}"):
             if key in seen:
                 raise ParameterError(
@@ -216,9 +223,17 @@ def resolve_layers_inputs(checkpoint, id, ood, fit=None, *, fit_split=None, seed
     inputs.transfer = [source(spec, "test") for spec in _as_list(transfer)]
     inputs.val = [source(spec, "test") for spec in _as_list(val_ood)]
     test_names = {src.name for src in inputs.ood}
+    in_distribution = {id_source.fingerprint} | ({inputs.fit.fingerprint} if inputs.fit is not None else set())
+    val_seen: set[str] = set()
     for src in inputs.val:
         if len(src) == 0:
             raise NcprobeError(f"the validation OOD set {src.name!r} is empty; check its path and options")
+        if src.fingerprint in in_distribution:
+            raise ParameterError(f"the validation OOD set {src.name!r} is the ID or fit set; give {{val_ood}} "
+                                 "an OOD set")
+        if src.fingerprint in val_seen:
+            raise ParameterError(f"the validation OOD set {src.name!r} is given twice; give each {{val_ood}} once")
+        val_seen.add(src.fingerprint)
         if src.name in test_names or src.fingerprint in {t.fingerprint for t in inputs.ood}:
             raise ParameterError(f"{src.name!r} is both a test OOD set and a validation OOD set; tuning on a "
                                  "test set would report a tuned number: give {val_ood} a set not in {ood}")

@@ -90,6 +90,8 @@ class Mahalanobis(_SharedGaussian):
 
     def __init__(self, rcond: float | None = None):
         super().__init__()
+        if rcond is not None and not 0 <= float(rcond) < 1:
+            raise ScoringError(f"{self.name} rcond must be in [0, 1) (or None for the default), got {rcond}")
         self.rcond = rcond
 
     def _fit(self, x, y, head, stats) -> None:
@@ -111,6 +113,8 @@ class RMDS(_SharedGaussian):
 
     def __init__(self, rcond: float | None = None):
         super().__init__()
+        if rcond is not None and not 0 <= float(rcond) < 1:
+            raise ScoringError(f"{self.name} rcond must be in [0, 1) (or None for the default), got {rcond}")
         self.rcond = rcond
 
     def _fit(self, x, y, head, stats) -> None:

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 from scipy.special import logsumexp
 
+from ..errors import ScoringError
 from .base import Scorer
 from .registry import register_scorer
 
@@ -35,6 +36,11 @@ class ProbeEnergy(Scorer):
         self.c = float(c)
         self.max_iter = int(max_iter)
         self.seed = int(seed)
+        if not (self.temperature > 0 and self.c > 0 and self.max_iter >= 1 and 0 <= self.seed < 2**32):
+            raise ScoringError(
+                f"probe_energy needs temperature > 0, c > 0, max_iter >= 1 and 0 <= seed < 2^32, got "
+                f"temperature={temperature}, c={c}, max_iter={max_iter}, seed={seed}"
+            )
 
     @staticmethod
     def _normalize(x: np.ndarray) -> np.ndarray:

@@ -74,7 +74,34 @@ def get_scorer(name: str, **params) -> Scorer:
             f"scorer {cls.name!r} has no parameter {', '.join(unknown)}; "
             f"its parameters are: {', '.join(allowed) or '(none)'}"
         )
-    return cls(**params)
+    defaults = {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items() if k in allowed}
+    for key, value in params.items():
+        _check_type(cls.name, key, value, defaults.get(key, inspect.Parameter.empty))
+    try:
+        return cls(**params)
+    except ScoringError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ScoringError(f"scorer {cls.name!r}: bad parameter value ({exc}); see the scorer table in the README") from None
+
+
+def _check_type(scorer: str, key: str, value, default) -> None:
+    """A value must have its default's kind: a bool for a bool, a whole number for an int, a finite
+    number for a float (None stays allowed where the default is None or a number)."""
+    import math
+
+    where = f"scorer {scorer!r} parameter {key}"
+    if value is None:
+        return
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ScoringError(f"{where} must be true or false, got {value!r}")
+    elif isinstance(default, int) or (default is None and isinstance(value, int) and not isinstance(value, bool)):
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ScoringError(f"{where} must be a whole number, got {value!r}")
+    elif isinstance(default, float) or (default is None and isinstance(value, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ScoringError(f"{where} must be a finite number, got {value!r}")
 
 
 def scorer_table() -> str:
