@@ -580,7 +580,7 @@ def test_leaderboard_nan_and_inf_aurocs_are_left_out_with_a_count(tmp_path, caps
     bad = pd.concat([ood_rows("r1", auroc=0.9).assign(auroc=[np.nan, 0.9]),
                      ood_rows("r2", auroc=0.9).assign(auroc=[np.inf, -np.inf])])
     append_rows(d / "ood.csv", pd.concat([good, bad]))
-    with pytest.warns(UserWarning, match=r"3 row\(s\) have a NaN or infinite auroc/fpr95; their 2 \(run, scorer, layer\) entries \(4 rows\)"):
+    with pytest.warns(UserWarning, match=r"3 row\(s\) have a NaN, infinite or out-of-range \(not in \[0, 1\]\) auroc/fpr95; their 2 \(run, scorer, layer\) entries \(4 rows\)"):
         df = read_ood_csv(d / "ood.csv")
     board = leaderboard(df, group_by=["checkpoint"])
     assert board["runs"].tolist() == [1] and board["auroc_mean"].iloc[0] == pytest.approx(0.8)

@@ -242,8 +242,28 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def _check_tensors(path: Path, sd: dict) -> None:
+    """Weights must be dense real tensors: a sparse or complex one would be converted (or fail) deep
+    inside loading, so it is refused here in one line."""
+    for key, value in sd.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.layout != torch.strided:
+            raise CheckpointError(f"checkpoint {path}: tensor {key!r} is {value.layout}, not dense; save dense "
+                                  "weights (tensor.to_dense()) in the state_dict")
+        if value.is_complex():
+            raise CheckpointError(f"checkpoint {path}: tensor {key!r} is complex ({value.dtype}); image classifiers "
+                                  "have real weights: check the file")
+
+
 def read_checkpoint(path: str | Path, *, trust_pickle: bool = False, map_location="cpu") -> RawCheckpoint:
     """Read ``path`` into a :class:`RawCheckpoint` (state_dict and/or module, plus file metadata)."""
+    raw = _read_checkpoint(path, trust_pickle=trust_pickle, map_location=map_location)
+    _check_tensors(raw.path, raw.state_dict or {})
+    return raw
+
+
+def _read_checkpoint(path: str | Path, *, trust_pickle: bool = False, map_location="cpu") -> RawCheckpoint:
     path = Path(path)
     try:
         size = path.stat().st_size

@@ -98,6 +98,9 @@ def format_option(key: str, value) -> str:
     return str(value)
 
 
+MAX_CLASS_ID = 1_000_000  # the largest label the readers accept (see ncprobe.data.limits)
+
+
 def parse_classes(text: str) -> tuple[int, ...]:
     """'0-4+7' -> (0, 1, 2, 3, 4, 7); ranges with '-', lists with '+' (or ';')."""
     out: set[int] = set()
@@ -113,6 +116,8 @@ def parse_classes(text: str) -> tuple[int, ...]:
         hi = int(m.group(2)) if m.lastindex == 2 else lo
         if hi < lo:
             raise DatasetError(f"bad classes range {part!r}: write low-high, e.g. classes=0-5")
+        if hi >= MAX_CLASS_ID:  # checked before expanding: 0-99999999999 must not build a huge set
+            raise DatasetError(f"bad classes range {part!r}: class ids go up to {MAX_CLASS_ID - 1}")
         out.update(range(lo, hi + 1))
     return tuple(sorted(out))
 

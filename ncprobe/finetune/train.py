@@ -165,6 +165,12 @@ def _check_args(source_ckpt, arch, mode, optimizer, epochs, batch_size, out):
         raise NcprobeError(f"--out {out} must end in .safetensors (ncprobe checkpoints are safetensors files)")
     if Path(out).is_dir():
         raise NcprobeError(f"--out {out} is a directory; give a file name ending in .safetensors")
+    folder = Path(out).parent
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK) or str(probe.resolve()).startswith("/proc"):
+        raise NcprobeError(f"--out {out}: {probe} is not a writable folder; choose another path (checked before training)")
 
 
 def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, data: str, mode: str,
@@ -241,8 +247,10 @@ def _configure(source_ckpt, *, arch, data, val, mode, epochs, lr, optimizer, mom
         label_smoothing = default_label_smoothing(mode)
     if not 0.0 <= label_smoothing < 1.0:
         raise NcprobeError(f"--label-smoothing must be in [0, 1), got {label_smoothing}")
-    if projector_dim < 1:
-        raise NcprobeError(f"--projector-dim must be positive, got {projector_dim}")
+    if not 1 <= projector_dim <= 65_536:
+        raise NcprobeError(f"--projector-dim must be in 1..65536, got {projector_dim}")
+    if not 0 <= int(seed) < 2**63:
+        raise NcprobeError(f"--seed must be in 0..2^63-1, got {seed}")
     return {
         "source": None if source_ckpt is None else str(source_ckpt), "arch": arch, "data": data, "val": val,
         "mode": mode, "epochs": int(epochs), "lr": lr, "optimizer": optimizer, "momentum": float(momentum),

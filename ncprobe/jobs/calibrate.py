@@ -20,6 +20,7 @@ from ..data.source import DataSource
 from ..data.transforms import Preprocess
 from ..device import resolve_device
 from ..models.spec import NORMALIZATIONS
+from .extract import bounded_batch
 
 CALIBRATION_SAMPLES = 1000
 CALIBRATION_SEED = 0
@@ -43,6 +44,9 @@ def _native_size(source: DataSource) -> tuple[int, int] | None:
 def _nll(model, source, idx, mean, std, size, device, batch_size) -> float:
     sample = source.subset(idx, "calibration")
     pre = Preprocess(mean, std, size).to(device)
+    native = getattr(source, "images", None)
+    side = max(size) if native is None or getattr(native, "ndim", 0) != 4 else max(*size, *native.shape[1:3])
+    batch_size = bounded_batch(batch_size, (3, side, side))
     total, n = 0.0, 0
     for x, y in batch_loader(sample, batch_size, size=size):
         logits = model(pre(x.to(device))).float()

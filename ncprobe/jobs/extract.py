@@ -11,6 +11,17 @@ from ..features import extract_features
 from ..features.featureset import FeatureSet
 from .inputs import LayersInputs
 
+#: the most input bytes one batch may hold (float32 images after preprocessing); high-resolution
+#: inputs get smaller batches so that a 1024x1024 set does not need tens of GB of activations
+BATCH_INPUT_BYTES = 1 << 26
+
+
+def bounded_batch(batch_size: int, input_size) -> int:
+    """``batch_size``, lowered so that one batch of float32 inputs of ``input_size`` fits
+    :data:`BATCH_INPUT_BYTES` (never below 1). Results do not depend on the batch size."""
+    per_image = 4 * int(input_size[0]) * int(input_size[1]) * int(input_size[2])
+    return max(1, min(int(batch_size), BATCH_INPUT_BYTES // max(per_image, 1)))
+
 
 class FeatureExtractor:
     """``extractor(source)`` -> the :class:`FeatureSet` of ``source`` under one checkpoint and one
@@ -24,8 +35,9 @@ class FeatureExtractor:
         self.from_cache: dict[str, bool] = {}
 
     def __call__(self, source: DataSource) -> FeatureSet:
+        options = dict(self.options, batch_size=bounded_batch(self.options["batch_size"], self.ckpt.input_size))
         try:
-            fs = extract_features(self.ckpt, source, **self.options)
+            fs = extract_features(self.ckpt, source, **options)
         except RuntimeError as exc:  # the model's forward on our inputs: a wrong input size reads as one
             err = input_size_error(self.ckpt, exc)
             if err is None:

@@ -62,6 +62,9 @@ def save_checkpoint(path, model: nn.Module, meta: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": FORMAT, FORMAT: json.dumps(_jsonable(meta))})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600: colleagues sharing the folder could not read it
     os.replace(tmp, path)
     return path
 

@@ -23,7 +23,7 @@ NORMALIZATIONS = {
 #: bounds on what a checkpoint file may ask ncprobe to build (checked before any allocation)
 MAX_CLASSES = 100_000
 MAX_INPUT_CHANNELS = 16
-MAX_INPUT_SIDE = 4096
+MAX_INPUT_SIDE = 1024  # image classifiers run at <= 518 px; 1024 leaves room
 DEFAULT_MAX_PARAMETERS = 2_000_000_000  # NCPROBE_MAX_PARAMS overrides it
 
 
@@ -31,10 +31,18 @@ def max_parameters() -> int:
     """The largest parameter count ncprobe builds (``$NCPROBE_MAX_PARAMS``, default 2e9: 8 GB in float32)."""
     import os
 
-    try:
-        return int(float(os.environ.get("NCPROBE_MAX_PARAMS", DEFAULT_MAX_PARAMETERS)))
-    except ValueError:
+    from ..errors import NcprobeError
+
+    raw = os.environ.get("NCPROBE_MAX_PARAMS")
+    if raw is None:
         return DEFAULT_MAX_PARAMETERS
+    try:
+        value = int(float(raw))
+    except (ValueError, OverflowError):
+        value = 0
+    if value < 1:
+        raise NcprobeError(f"NCPROBE_MAX_PARAMS={raw!r} is not a positive number of parameters; e.g. 2e9, or unset it")
+    return value
 
 
 @dataclass(frozen=True)

@@ -91,11 +91,13 @@ def clean_ood(df: pd.DataFrame, where: str = "the ood table", first_line: int | 
         if col in df.columns:
             df[col] = _numbers(df[col], col, where, first_line)
     entry = ["run_id", "scorer", "layer"]
-    bad = ~np.isfinite(df[list(METRICS)].to_numpy()).all(axis=1)
+    values = df[list(METRICS)].to_numpy()
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(values) & (values >= 0) & (values <= 1)).all(axis=1)  # rates live in [0, 1]
     if bad.any():
         bad_keys = df.loc[bad, entry].drop_duplicates()
         drop = df[entry].merge(bad_keys, how="left", indicator=True)["_merge"].eq("both").to_numpy()
-        _warn(f"{where}: {int(bad.sum())} row(s) have a NaN or infinite auroc/fpr95; their {len(bad_keys)} "
+        _warn(f"{where}: {int(bad.sum())} row(s) have a NaN, infinite or out-of-range (not in [0, 1]) auroc/fpr95; their {len(bad_keys)} "
               f"(run, scorer, layer) entries ({int(drop.sum())} rows) are left out of the leaderboard, since a "
               f"mean over fewer OOD sets would not compare with the others")
         df = df[~drop].reset_index(drop=True)
@@ -163,7 +165,12 @@ def leaderboard(df: pd.DataFrame, *, layer: str = "best", scorers=None, group_by
         if unknown:
             raise NcprobeError(f"no rows for scorer(s) {', '.join(sorted(unknown))}; present: {', '.join(dict.fromkeys(df['scorer']))}")
         df = df[df["scorer"].isin(scorers)]
-    group_by = list(group_by) if group_by else ["checkpoint", "group"]
+    group_by = list(dict.fromkeys(group_by)) if group_by else ["checkpoint", "group"]
+    measured = [g for g in group_by if g in (*METRICS, "id_accuracy", "layer", "layer_index", "aupr_in", "aupr_out",
+                                             "aupr_in_trapz", "aupr_out_trapz", "fpr95_oodpos", "dim")]
+    if measured:
+        raise NcprobeError(f"cannot group by {', '.join(measured)}: it is a measured value or the chosen layer, not "
+                           "a label of runs; group by checkpoint, group, arch, mode, params, ...")
     bad = [g for g in group_by if g not in df.columns]
     if bad:
         raise NcprobeError(f"cannot group by {', '.join(bad)}: not a column of ood.csv (columns: {', '.join(df.columns)})")
