@@ -116,3 +116,13 @@ def test_high_resolution_batches_are_bounded():
     assert bounded_batch(256, (3, 32, 32)) == 256
     assert bounded_batch(256, (3, 1024, 1024)) == BATCH_INPUT_BYTES // (4 * 3 * 1024 * 1024)
     assert bounded_batch(256, (3, 1024, 1024)) >= 1 and bounded_batch(4, (3, 4096, 4096)) == 1
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--data", "digits:train@classes=3"], "at least 2"),
+    (["--data", "digits:train@classes=0-3,n=64", "--val", "digits:test"], "validate on the same classes"),
+])
+def test_finetune_refuses_a_one_class_set_and_a_validation_set_beyond_its_classes(tmp_path, capsys, extra, needle):
+    args = ["finetune", "--arch", "small_cnn", "--mode", "ce", "--epochs", "1", "-q", "--out",
+            str(tmp_path / "m.safetensors"), *extra]
+    assert needle in _one_line(args, capsys)

@@ -212,6 +212,13 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
                         augment=augment, limit_batches=limit_batches)
     train_src = _load_data(data, data_root, "train", "training")
     val_src = _load_data(val, data_root, "test", "validation") if val else None
+    present = np.unique(train_src.labels[train_src.labels >= 0])
+    if present.size < 2:
+        raise DatasetError(f"training set {data!r} has {present.size} class; a classifier needs at least 2 "
+                           "(check the classes= option)")
+    if val_src is not None and int(val_src.labels.max()) >= _num_classes(train_src):
+        raise DatasetError(f"validation set {val!r} has label {int(val_src.labels.max())} but the training set "
+                           f"{data!r} has {_num_classes(train_src)} classes; validate on the same classes")
     state = _read_resume(rpath, config, resume, log)
     torch.manual_seed(seed)
     model, meta = _restore_or_build(state, rpath, source_ckpt, config, _num_classes(train_src), trust_pickle,
