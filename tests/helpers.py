@@ -81,3 +81,24 @@ def assert_head_scorer_contract(name, x, y, w, b, z, *, atol=0.0):
     with pytest.raises(ScoringError, match="width"):
         s.score(np.ones((2, z.shape[1] + 1)))
     assert np.isfinite(s.score(np.zeros((2, z.shape[1])))).all()  # zero rows stay finite
+
+
+def head_problem(seed=0, n=300, d=16, c=5, spread=1.0, bias=None):
+    """A head-scorer test problem: non-negative (post-ReLU-like) class-clustered fit features ``x``
+    (n rows) with labels ``y``, a head (W, b) that classifies them well (``bias`` overrides b's
+    scale), and ``z``: 200 ID rows then 200 OOD rows."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    means = np.abs(2.0 * rng.standard_normal((c, d)))
+
+    def draw(m):
+        y = rng.integers(0, c, m)
+        return np.abs(means[y] + spread * rng.standard_normal((m, d))), y
+
+    x, y = draw(n)
+    w = means + 0.1 * rng.standard_normal((c, d))
+    b = (-0.5 * (means**2).sum(1) + 0.1 * rng.standard_normal(c)) if bias is None else bias * rng.standard_normal(c)
+    z, _ = draw(200)
+    ood = np.abs(1.5 * rng.standard_normal((200, d)) + 1.0)
+    return x, y, w, b, np.vstack([z, ood])

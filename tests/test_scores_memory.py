@@ -9,25 +9,13 @@ from sklearn.metrics import roc_auc_score
 
 from ncprobe.errors import ScoringError
 from ncprobe.scores import get_scorer
-from tests.helpers import assert_head_scorer_contract
+from tests.helpers import assert_head_scorer_contract, head_problem
 
 NEW = ("she", "nnguide")
 
 
 def _problem(seed=0, n=300, d=16, c=5):
-    rng = np.random.default_rng(seed)
-    means = np.abs(2.0 * rng.standard_normal((c, d)))
-
-    def draw(m):
-        y = rng.integers(0, c, m)
-        return np.abs(means[y] + 1.5 * rng.standard_normal((m, d))), y
-
-    x, y = draw(n)
-    w = means + 0.1 * rng.standard_normal((c, d))
-    b = -0.5 * (means**2).sum(1) + 0.1 * rng.standard_normal(c)
-    z, _ = draw(200)
-    ood = np.abs(1.5 * rng.standard_normal((200, d)) + 1.0)
-    return x, y, w, b, np.vstack([z, ood])
+    return head_problem(seed, n, d, c, spread=1.5)
 
 
 def _auroc(scores):
