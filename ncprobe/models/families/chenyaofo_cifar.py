@@ -45,7 +45,7 @@ from torch import nn
 
 from ..registry import register_arch_inferrer, register_arch_pattern, register_spec
 from ..spec import ArchSpec
-from ._keys import key_indices
+from ._parts import key_indices, vgg_pool_names
 
 CIFAR = (3, 32, 32)
 IMAGENET_CLASSES = 1000
@@ -187,16 +187,6 @@ def vgg_features(cfg, batch_norm: bool = True, in_channels: int = 3) -> nn.Seque
     return nn.Sequential(*layers)
 
 
-def vgg_pool_names(cfg, batch_norm: bool = True, prefix: str = "features.") -> tuple[str, ...]:
-    """Names of the max-pools inside ``features``: where the spatial size halves."""
-    names, i = [], 0
-    for v in cfg:
-        if v == "M":
-            names.append(f"{prefix}{i}")
-            i += 1
-        else:
-            i += 3 if batch_norm else 2
-    return tuple(names)
 
 
 def vgg_cfg_from_keys(shapes: dict, prefix: str = "features.") -> tuple[tuple, bool] | None:

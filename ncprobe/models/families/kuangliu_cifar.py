@@ -41,7 +41,7 @@ from torch import nn
 
 from ..registry import register_arch_inferrer, register_arch_pattern, register_spec
 from ..spec import ArchSpec
-from ._keys import key_indices
+from ._parts import key_indices, make_stage, vgg_pool_names
 
 CIFAR = (3, 32, 32)
 
@@ -127,11 +127,8 @@ class PreActResNet(nn.Module):
         self.linear = nn.Linear(512 * block.expansion, num_classes)
 
     def _stage(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (blocks - 1):
-            layers.append(block(self.in_planes, planes, s))
-            self.in_planes = planes * block.expansion
-        return nn.Sequential(*layers)
+        stage, self.in_planes = make_stage(block, self.in_planes, planes, blocks, stride)
+        return stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
@@ -205,15 +202,6 @@ class VGGCifar(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def _vgg_pools(cfg) -> tuple[str, ...]:
-    names, i = [], 0
-    for v in cfg:
-        if v == "M":
-            names.append(f"features.{i}")
-            i += 1
-        else:
-            i += 3
-    return tuple(names)
 
 
 def _vgg_cfg(shapes: dict) -> tuple | None:
@@ -444,7 +432,7 @@ for _d, _cfg in VGG_CFGS.items():
         name=f"vgg{_d}_cifar",
         builder=partial(lambda cfg, num_classes=10: VGGCifar(cfg, num_classes=num_classes), _cfg),
         head="classifier",
-        probe_layers=_vgg_pools(_cfg),
+        probe_layers=vgg_pool_names(_cfg),
         input_size=CIFAR,
         family=VGG_FAMILY,
         description=f"VGG-{_d} with BN for 32x32 inputs, one Linear classifier (kuangliu/pytorch-cifar layout)",

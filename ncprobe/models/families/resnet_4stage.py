@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_arch, register_arch_inferrer
+from ._parts import make_stage
 
 FAMILY = "resnet_cifar"
 PROBE = ("layer1", "layer2", "layer3", "layer4")
@@ -83,11 +84,8 @@ class ResNetCifar(nn.Module):
         self.linear = nn.Linear(512 * block.expansion, num_classes)
 
     def _stage(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (blocks - 1):
-            layers.append(block(self.in_planes, planes, s))
-            self.in_planes = planes * block.expansion
-        return nn.Sequential(*layers)
+        stage, self.in_planes = make_stage(block, self.in_planes, planes, blocks, stride)
+        return stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -50,7 +50,7 @@ from torch import nn
 from ...errors import CheckpointError
 from ..registry import get_arch, register_arch, register_arch_inferrer, register_arch_pattern
 from ..spec import ArchSpec
-from ._keys import key_indices
+from ._parts import key_indices, vgg_pool_names
 
 PREFIX = "tv:"
 _SPECS: dict[str, ArchSpec] = {}  # every fixed tv: spec, by name
@@ -193,15 +193,6 @@ VGG_CFGS = {
 }
 
 
-def _vgg_pools(cfg, bn: bool) -> tuple[str, ...]:
-    names, i = [], 0
-    for v in cfg:
-        if v == "M":
-            names.append(f"features.{i}")
-            i += 1
-        else:
-            i += 3 if bn else 2
-    return tuple(names)
 
 
 def _vgg_cfg(shapes: dict) -> tuple[tuple, bool] | None:
@@ -399,7 +390,7 @@ for _n, (_k, _blocks, _stem) in DENSENETS.items():
 for _n, _cfg in VGG_CFGS.items():
     for _bn in (False, True):
         _name = _n + ("_bn" if _bn else "")
-        _add(_make_spec(f"{PREFIX}{_name}", _name, VGG_FAMILY, "classifier.6", _vgg_pools(_cfg, _bn), 224))
+        _add(_make_spec(f"{PREFIX}{_name}", _name, VGG_FAMILY, "classifier.6", vgg_pool_names(_cfg, _bn), 224))
 for _n, (_head, _probe, _, _) in MOBILENETS.items():
     _add(_make_spec(f"{PREFIX}{_n}", _n, MOBILE_FAMILY, _head, _probe, 224))
 for _n, (_, _size, _probe) in EFFICIENTNETS.items():

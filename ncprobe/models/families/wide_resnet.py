@@ -18,6 +18,7 @@ from torch import nn
 
 from ..registry import register_arch, register_arch_inferrer, register_arch_pattern
 from ..spec import ArchSpec
+from ._parts import kaiming_init
 
 FAMILY = "wide_resnet"
 PROBE = ("layer1", "layer2", "layer3")
@@ -58,11 +59,7 @@ class WideResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.linear = nn.Linear(widths[2], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        kaiming_init(self)
 
     @staticmethod
     def _group(in_planes: int, planes: int, blocks: int, stride: int, dropout: float) -> nn.Sequential:

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..registry import register_arch, register_arch_inferrer, register_arch_pattern
 from ..spec import ArchSpec
+from ._parts import kaiming_init
 
 FAMILY = "wrn_oe"
 PROBE = ("block1", "block2", "block3")
@@ -91,11 +92,7 @@ class WideResNetOE(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)  # = avg_pool2d(8) on 32x32 inputs
         self.fc = nn.Linear(ch[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))
