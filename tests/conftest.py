@@ -37,3 +37,16 @@ def empty_registry(tmp_path, monkeypatch):
     empty.write_text("checkpoints: []\n")
     monkeypatch.setenv("NCPROBE_REGISTRY", str(empty))
     return empty
+
+
+@pytest.fixture(scope="session")
+def small_ckpt(tmp_path_factory) -> Path:
+    """A randomly initialized small_cnn with 4 classes saved as a plain state_dict (seed 0)."""
+    import torch
+
+    from ncprobe.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
+    torch.save(create_model("small_cnn", num_classes=4).state_dict(), path)
+    return path

@@ -13,12 +13,6 @@ ID = "digits:test@classes=0-3"
 FIT = "digits:train@classes=0-3"
 
 
-@pytest.fixture(scope="module")
-def ckpt_path(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    torch.save(create_model("small_cnn", num_classes=4).state_dict(), path)
-    return path
 
 
 def _err(args, capsys):
@@ -32,8 +26,8 @@ def _err(args, capsys):
 
 
 @pytest.mark.parametrize("device", ["mps", "xla", "meta", "cuda:7", "nonsense"])
-def test_devices_that_cannot_run(ckpt_path, capsys, device):
-    line = _err(["eval", ckpt_path, "--data", ID, "--no-cache", "-q", "--device", device], capsys)
+def test_devices_that_cannot_run(small_ckpt, capsys, device):
+    line = _err(["eval", small_ckpt, "--data", ID, "--no-cache", "-q", "--device", device], capsys)
     assert device in line
 
 
@@ -47,36 +41,36 @@ def test_nan_weights_give_an_error_not_an_accuracy(tmp_path, capsys):
     assert "NaN or inf" in line and "logits" in line
 
 
-def test_id_labels_beyond_the_head(ckpt_path, capsys):
-    line = _err(["layers", ckpt_path, "--id", "digits:test", "--fit", FIT, "--ood", "noise:gaussian", "--no-cache",
+def test_id_labels_beyond_the_head(small_ckpt, capsys):
+    line = _err(["layers", small_ckpt, "--id", "digits:test", "--fit", FIT, "--ood", "noise:gaussian", "--no-cache",
                  "-q"], capsys)
     assert "label 9" in line and "4 classes" in line
 
 
-def test_the_same_ood_set_twice(ckpt_path, capsys):
-    line = _err(["layers", ckpt_path, "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--ood",
+def test_the_same_ood_set_twice(small_ckpt, capsys):
+    line = _err(["layers", small_ckpt, "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--ood",
                  "again=noise:gaussian", "--no-cache", "-q"], capsys)
     assert "twice" in line and "--ood" in line
 
 
-def test_empty_scorer_list(ckpt_path, capsys):
-    line = _err(["layers", ckpt_path, "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--scorers", ",",
+def test_empty_scorer_list(small_ckpt, capsys):
+    line = _err(["layers", small_ckpt, "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--scorers", ",",
                  "--no-cache", "-q"], capsys)
     assert "--scorers" in line
 
 
-def test_uint64_labels_in_an_npz_are_not_silently_unlabelled(ckpt_path, tmp_path, capsys):
+def test_uint64_labels_in_an_npz_are_not_silently_unlabelled(small_ckpt, tmp_path, capsys):
     np.savez(tmp_path / "u.npz", x=np.zeros((4, 8, 8, 3), np.uint8), y=np.array([0, 1, 2, 2**64 - 1], np.uint64))
-    line = _err(["eval", ckpt_path, "--data", tmp_path / "u.npz", "--no-cache", "-q"], capsys)
+    line = _err(["eval", small_ckpt, "--data", tmp_path / "u.npz", "--no-cache", "-q"], capsys)
     assert "label" in line
 
 
-def test_a_failed_run_leaves_no_empty_out_folder(ckpt_path, tmp_path, capsys):
+def test_a_failed_run_leaves_no_empty_out_folder(small_ckpt, tmp_path, capsys):
     out = tmp_path / "new" / "runs"
-    _err(["layers", ckpt_path, "--id", ID, "--fit", FIT, "--ood", "nope.npz", "--out", out, "--no-cache", "-q"], capsys)
+    _err(["layers", small_ckpt, "--id", ID, "--fit", FIT, "--ood", "nope.npz", "--out", out, "--no-cache", "-q"], capsys)
     assert not (tmp_path / "new").exists()
     (tmp_path / "file").write_text("x")
-    line = _err(["layers", ckpt_path, "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--out",
+    line = _err(["layers", small_ckpt, "--id", ID, "--fit", FIT, "--ood", "noise:gaussian", "--out",
                  tmp_path / "file" / "sub", "--no-cache", "-q"], capsys)
     assert "is a file" in line
 
@@ -192,6 +186,6 @@ def test_a_checkpoint_whose_file_name_is_not_utf8_runs_and_writes(tmp_path, caps
     (["--fit", FIT, "--ood", "noise:gaussian", "--scorer-param", "probe_energy.c=0"], "c > 0"),
     (["--fit", FIT, "--ood", "noise:gaussian", "--scorer-param", "mahalanobis.rcond=-1"], "rcond"),
 ])
-def test_sets_that_would_inflate_numbers_and_bad_scorer_values(ckpt_path, capsys, extra, needle):
-    line = _err(["layers", ckpt_path, "--id", ID, *extra, "--no-cache", "-q"], capsys)
+def test_sets_that_would_inflate_numbers_and_bad_scorer_values(small_ckpt, capsys, extra, needle):
+    line = _err(["layers", small_ckpt, "--id", ID, *extra, "--no-cache", "-q"], capsys)
     assert needle in line

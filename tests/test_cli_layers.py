@@ -8,24 +8,15 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from ncprobe.api import COLLAPSE_COLUMNS, OOD_COLUMNS
 from ncprobe.cli import main
-from ncprobe.models.registry import create_model
 
 ID = "digits:test@classes=0-3"
 FIT = "digits:train@classes=0-3"
 OODS = ["near=digits:test@classes=6-9", "noise=noise:gaussian@n=60,size=16"]
 
 
-@pytest.fixture(scope="module")
-def ckpt_path(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model("small_cnn", num_classes=4)
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    torch.save(model.state_dict(), path)
-    return path
 
 
 def run_cli(args, capsys):
@@ -43,10 +34,10 @@ def run_ok(args, capsys):
     return capsys.readouterr().out
 
 
-def test_layers_end_to_end_then_cached(ckpt_path, tmp_path, capsys):
+def test_layers_end_to_end_then_cached(small_ckpt, tmp_path, capsys):
     out = tmp_path / "runs"
     cache = tmp_path / "cache"
-    args = ["layers", ckpt_path, "--id", ID, "--fit", FIT, "--out", out, "--cache", cache, "-q",
+    args = ["layers", small_ckpt, "--id", ID, "--fit", FIT, "--out", out, "--cache", cache, "-q",
             "--scorers", "gda,mahalanobis,knn,energy,msp,vim", "--knn-k", "5"]
     for o in OODS:
         args += ["--ood", o]
@@ -77,10 +68,10 @@ def test_layers_end_to_end_then_cached(ckpt_path, tmp_path, capsys):
     assert (table["runs"] == 2).all()
 
 
-def test_scorers_all_runs_every_registered_scorer_and_the_default_set_is_the_registrys(ckpt_path, tmp_path, capsys):
+def test_scorers_all_runs_every_registered_scorer_and_the_default_set_is_the_registrys(small_ckpt, tmp_path, capsys):
     from ncprobe.scores import default_scorers, list_scorers
 
-    base = ["layers", ckpt_path, "--id", ID, "--fit", FIT, "--ood", OODS[1], "--no-cache", "-q", "--no-plot"]
+    base = ["layers", small_ckpt, "--id", ID, "--fit", FIT, "--ood", OODS[1], "--no-cache", "-q", "--no-plot"]
     run_ok(base + ["--out", tmp_path / "all", "--scorers", "all"], capsys)
     ood = pd.read_csv(tmp_path / "all" / "ood.csv")
     assert set(ood["scorer"]) == set(list_scorers())  # every scorer applies somewhere on a linear-head CNN
@@ -94,8 +85,8 @@ def test_scorers_all_runs_every_registered_scorer_and_the_default_set_is_the_reg
     assert all(name in " ".join(help_text.split()) for name in list_scorers())
 
 
-def test_scorer_params_are_applied_and_recorded(ckpt_path, tmp_path, capsys):
-    base = ["layers", ckpt_path, "--id", ID, "--fit", FIT, "--ood", OODS[1], "--no-cache", "-q", "--no-plot",
+def test_scorer_params_are_applied_and_recorded(small_ckpt, tmp_path, capsys):
+    base = ["layers", small_ckpt, "--id", ID, "--fit", FIT, "--ood", OODS[1], "--no-cache", "-q", "--no-plot",
             "--scorers", "knn,energy,vim"]
     run_ok(base + ["--out", tmp_path / "a", "--scorer-param", "knn.k=7", "--scorer-param", "energy.T=2"], capsys)
     run_ok(base + ["--out", tmp_path / "b", "--knn-k", "7"], capsys)
@@ -114,17 +105,17 @@ def test_scorer_params_are_applied_and_recorded(ckpt_path, tmp_path, capsys):
     assert "--scorer-param" in err and "NAME.PARAM=VALUE" in err
 
 
-def test_fit_split_and_collapse_and_eval(ckpt_path, tmp_path, capsys):
+def test_fit_split_and_collapse_and_eval(small_ckpt, tmp_path, capsys):
     out = tmp_path / "r"
-    text = run_ok(["layers", ckpt_path, "--id", ID, "--fit-split", "0.5", "--ood", OODS[1], "--out", out,
+    text = run_ok(["layers", small_ckpt, "--id", ID, "--fit-split", "0.5", "--ood", OODS[1], "--out", out,
                    "--no-cache", "-q", "--scorers", "gda,msp", "--no-plot"], capsys)
     ood = pd.read_csv(out / "ood.csv")
     assert ood["n_fit"].iloc[0] + ood["n_id"].iloc[0] == int(ood["n_fit"].iloc[0] + ood["n_id"].iloc[0])
     assert abs(ood["n_fit"].iloc[0] - ood["n_id"].iloc[0]) <= 4
     assert "Per layer" in text
-    text = run_ok(["collapse", ckpt_path, "--data", FIT, "--out", out, "--no-cache", "-q"], capsys)
+    text = run_ok(["collapse", small_ckpt, "--data", FIT, "--out", out, "--no-cache", "-q"], capsys)
     assert "nc1" in text and "penultimate" in text
-    text = run_ok(["eval", ckpt_path, "--data", ID, "--no-cache", "-q"], capsys)
+    text = run_ok(["eval", small_ckpt, "--data", ID, "--no-cache", "-q"], capsys)
     acc = float(text.strip().split("accuracy:")[1])
     assert 0.0 <= acc <= 1.0
 
@@ -147,12 +138,12 @@ def test_fit_split_and_collapse_and_eval(ckpt_path, tmp_path, capsys):
         (["eval", "{tmp}/missing.pt", "--data", ID], "missing.pt"),
     ],
 )
-def test_user_mistakes_are_one_line_exit_2(ckpt_path, tmp_path, capsys, args, needle):
+def test_user_mistakes_are_one_line_exit_2(small_ckpt, tmp_path, capsys, args, needle):
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 8, 8, 3), np.uint8), y=np.zeros(0, np.int64))
     rng = np.random.default_rng(0)  # class 3 has one sample: GDA cannot fit its covariance
     np.savez(tmp_path / "single.npz", x=rng.integers(0, 255, (13, 8, 8, 3), dtype=np.uint8),
              y=np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3]))
-    args = [a.format(ckpt=ckpt_path, tmp=tmp_path) for a in args]
+    args = [a.format(ckpt=small_ckpt, tmp=tmp_path) for a in args]
     code, out, err = run_cli(args + ["--no-cache", "-q"] if args[0] != "leaderboard" else args, capsys)
     assert code == 2
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]

@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
 from ncprobe.errors import NcprobeError
 from ncprobe.features.featureset import FeatureSet
 from ncprobe.jobs.compute import ood_frame
 from ncprobe.jobs.write import read_scores
-from ncprobe.models import create_model
 from ncprobe.scores import Scorer, register_scorer
 from ncprobe.scores import registry as registry_mod
 
@@ -85,12 +83,6 @@ ID = "digits:test@classes=0-3"
 FIT = "digits:train@classes=0-3"
 
 
-@pytest.fixture(scope="module")
-def small_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "small.pt"
-    torch.save(create_model("small_cnn", num_classes=4).state_dict(), path)
-    return path
 
 
 def test_layers_with_val_ood_and_saved_scores(small_ckpt, tmp_path):
