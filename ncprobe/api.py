@@ -56,8 +56,8 @@ class LayersResult:
     notes: list = field(default_factory=list)
 
 
-def _calibrated(ckpt, source, device, batch_size, report) -> list[str]:
-    note = calibrate(ckpt, source, device=device, batch_size=batch_size)
+def _calibrated(ckpt, source, device, batch_size, report, cache_dir, use_cache) -> list[str]:
+    note = calibrate(ckpt, source, device=device, batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache)
     if note and report is not None:
         report(note)
     return [note] if note else []
@@ -75,7 +75,7 @@ def evaluate(checkpoint, data, *, device=None, batch_size=256, cache_dir=None, u
     ckpt = resolve_checkpoint(checkpoint, checkpoint_options)
     source = resolve_source(data, data_root=data_root, download=download)
     check_labelled(source, ckpt.num_classes, "evaluation")
-    _calibrated(ckpt, source, device, batch_size, report)
+    _calibrated(ckpt, source, device, batch_size, report, cache_dir, use_cache)
     fs = _extractor(ckpt, [], device, batch_size, cache_dir, use_cache, progress)(source)
     return accuracy(fs, ckpt.num_classes)
 
@@ -89,7 +89,7 @@ def collapse(checkpoint, data, *, layers=None, out=None, device=None, batch_size
     ckpt = resolve_checkpoint(checkpoint, checkpoint_options)
     source = resolve_source(data, data_root=data_root, download=download, default_split="train")
     check_labelled(source, ckpt.num_classes, "fit")
-    notes = _calibrated(ckpt, source, device, batch_size, report)
+    notes = _calibrated(ckpt, source, device, batch_size, report, cache_dir, use_cache)
     extract = _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress)
     fs = extract(source)
     run = RunInfo.new(ckpt, group=group)
@@ -125,7 +125,7 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
                                    checkpoint_options=checkpoint_options)
     ckpt = inputs.checkpoint
     labelled = inputs.fit if inputs.fit is not None else inputs.id.subset(inputs.split[0], "fit")
-    notes = _calibrated(ckpt, labelled, device, batch_size, report)
+    notes = _calibrated(ckpt, labelled, device, batch_size, report, cache_dir, use_cache)
     extract = _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress)
     feats = extract_layers_features(inputs, extract)
     run = RunInfo.new(ckpt, group=group, seed=seed)

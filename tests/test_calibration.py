@@ -96,3 +96,30 @@ def test_an_unlabelled_set_calibrates_nothing(tmp_path):
     assert np.all(src.labels < 0)
     assert calibrate(ckpt, src, candidates=MADE_UP) is None
     assert (ckpt.mean, ckpt.std, ckpt.origin) == before
+
+
+def test_a_rerun_reads_the_calibration_from_the_cache(tmp_path, monkeypatch):
+    import ncprobe.jobs.calibrate as cal
+
+    src = load_dataset("digits:test@classes=0-3")
+    first = load_checkpoint(_train(tmp_path, "a"), input_size=8)
+    line = calibrate(first, src, candidates=MADE_UP, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache" / "calibration").glob("*.json"))
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the cached calibration ran the model again")
+
+    monkeypatch.setattr(cal, "_measure", no_forward)
+    again = load_checkpoint(_train(tmp_path, "a"), input_size=8)
+    assert calibrate(again, src, candidates=MADE_UP, cache_dir=tmp_path / "cache") == line
+    assert (again.mean, again.std) == (first.mean, first.std)
+    # a damaged entry is measured again, never trusted
+    for entry in (tmp_path / "cache" / "calibration").glob("*.json"):
+        entry.write_text("{not json")
+    monkeypatch.undo()
+    third = load_checkpoint(_train(tmp_path, "a"), input_size=8)
+    assert calibrate(third, src, candidates=MADE_UP, cache_dir=tmp_path / "cache") == line
+    # with the cache off nothing is read
+    monkeypatch.setattr(cal, "_measure", lambda *a, **k: {})
+    assert calibrate(load_checkpoint(_train(tmp_path, "a"), input_size=8), src, candidates=MADE_UP,
+                     cache_dir=tmp_path / "cache", use_cache=False) is None
