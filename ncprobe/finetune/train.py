@@ -31,6 +31,7 @@ from ..data.batches import batch_loader
 from ..data.transforms import Preprocess
 from ..device import resolve_device
 from ..errors import CheckpointError, DatasetError, NcprobeError
+from ..jobs.write import check_creatable
 from ..models.nc_heads import CE_HEAD_MODES, ETF_MODES, MODES, check_mode, wrap_model
 from ..models.ncprobe_format import _jsonable, build_model_from_meta, create_base, save_checkpoint
 from ..progress import progress_bar
@@ -165,12 +166,8 @@ def _check_args(source_ckpt, arch, mode, optimizer, epochs, batch_size, out):
         raise NcprobeError(f"--out {out} must end in .safetensors (ncprobe checkpoints are safetensors files)")
     if Path(out).is_dir():
         raise NcprobeError(f"--out {out} is a directory; give a file name ending in .safetensors")
-    folder = Path(out).parent
-    probe = folder
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK) or str(probe.resolve()).startswith("/proc"):
-        raise NcprobeError(f"--out {out}: {probe} is not a writable folder; choose another path (checked before training)")
+    if not Path(out).exists():
+        check_creatable(out, f"--out {out}")  # before training, not after it
 
 
 def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, data: str, mode: str,

@@ -14,6 +14,21 @@ from ..report.csvlog import append_tables, check_writable, os_error
 RUN_TABLES = ("ood.csv", "collapse.csv", "transfer.csv", "correlation.csv")
 
 
+def check_creatable(path, label: str | None = None) -> None:
+    """Before any work: ``path`` (absent) could be created, i.e. its nearest existing ancestor is a
+    writable folder on a real file system. Creates nothing; one-line NcprobeError otherwise."""
+    path = Path(path)
+    where = label or str(path)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NcprobeError(f"{where}: {probe} is a file, so the folder cannot be created; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK) or str(probe.resolve()).startswith(("/proc", "/sys")):
+        raise NcprobeError(f"{where}: {probe} is not a writable folder (permission denied or a virtual file "
+                           "system); choose another path")
+
+
 def check_out(out, tables=RUN_TABLES) -> Path:
     """Before any work: ``out`` is a writable folder whose tables can take rows, or can be created
     (nothing is created here, so a run that fails leaves no empty folder behind)."""
@@ -22,13 +37,7 @@ def check_out(out, tables=RUN_TABLES) -> Path:
         return check_writable(out, tables)
     if out.exists():
         raise NcprobeError(f"{out} is a file; give a directory for the CSVs and plots")
-    probe = out
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise NcprobeError(f"{out}: {probe} is a file, so the folder cannot be created; choose another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise NcprobeError(f"{out}: {probe} is not writable (permission denied); choose another path")
+    check_creatable(out)
     return out
 
 
