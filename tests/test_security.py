@@ -102,3 +102,31 @@ def test_script_tensors_equal_torch_jit_load(tmp_path):
         got = read_script_tensors(path)
         assert list(got) == list(expected)
         assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_a_torchscript_archive_whose_data_pickle_calls_code_is_never_unpickled(tmp_path):
+    """data.pkl that would run os.system on load: read_script_tensors refuses the global."""
+    import os
+    import pickle
+    import zipfile
+
+    from ncprobe.checkpoint.script_tensors import read_script_tensors
+
+    canary = tmp_path / "outside" / "ran"
+    canary.parent.mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {canary}",))
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("evil/data.pkl", pickle.dumps(Evil(), protocol=2))
+        zf.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
+        zf.writestr("evil/code/__torch__/m.py", "def forward(self):\n  pass\n")
+        zf.writestr("evil/version", "3\n")
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        read_script_tensors(path)
+    with pytest.raises(CheckpointError, match="--trust-code"):
+        load_checkpoint(path)
+    assert not canary.exists()
