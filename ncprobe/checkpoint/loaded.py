@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,25 @@ class LoadedCheckpoint:
     def mode(self) -> str:
         """The NC-control recipe an ncprobe checkpoint was trained with ('' for other checkpoints)."""
         return str((self.recipe or {}).get("mode") or "")
+
+    @property
+    def recipe_id(self) -> str:
+        """The training recipe of an ncprobe checkpoint as ``MODE:HASH`` ('' for other checkpoints):
+        HASH covers every training setting except the seed and the source file's path, so the
+        seeds of one recipe share it and the leaderboard may pool them."""
+        config = dict((self.recipe or {}).get("config") or {})
+        if not config:
+            return ""
+        for key in ("seed", "source", "val"):
+            config.pop(key, None)
+        text = json.dumps({"config": config, "head": (self.recipe or {}).get("head")}, sort_keys=True, default=str)
+        return f"{self.mode or 'ce'}:{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+    @property
+    def epoch(self) -> int | None:
+        """How many epochs an ncprobe checkpoint was trained for (its stored history), else None."""
+        history = (self.recipe or {}).get("history")
+        return len(history) if history else None
 
     @property
     def weights_fingerprint(self) -> str:

@@ -18,12 +18,12 @@ from ..stats.collapse import NC_COLUMNS
 
 #: ood.csv: one row per (layer, scorer, OOD set)
 OOD_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "id", "fit", "ood",
-               "layer", "layer_index", "dim", "scorer", "params", "tuned_on", "auroc", "aupr_in", "aupr_out",
+               "ood_group", "layer", "layer_index", "dim", "scorer", "params", "tuned_on", "auroc", "aupr_in", "aupr_out",
                "aupr_in_trapz", "aupr_out_trapz", "fpr95", "fpr95_oodpos",
-               "id_accuracy", "n_fit", "n_id", "n_ood", "seed", "group", "mean", "std", "norm_origin", "ncprobe_version"]
+               "id_accuracy", "n_fit", "n_id", "n_ood", "seed", "group", "recipe", "epoch", "mean", "std", "norm_origin", "ncprobe_version"]
 #: collapse.csv: one row per probed layer of the fit (or --data) set
 COLLAPSE_COLUMNS = ["checkpoint", "checkpoint_sha256", "arch", "data", "layer", "layer_index", "dim", "n",
-                    "classes", *NC_COLUMNS, "run_id", "timestamp", "mode", "group", "mean", "std", "norm_origin"]
+                    "classes", *NC_COLUMNS, "run_id", "timestamp", "mode", "group", "recipe", "epoch", "mean", "std", "norm_origin"]
 #: transfer.csv: one row per (transfer set, layer)
 TRANSFER_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "transfer", "layer",
                     "layer_index", "dim", "transfer_acc", "n_train", "n_test", "transfer_classes", "seed", "group"]
@@ -44,6 +44,8 @@ class RunInfo:
     mode: str
     group: str
     seed: int
+    recipe: str = ""
+    epoch: int | None = None
     mean: str = ""
     std: str = ""
     norm_origin: str = ""
@@ -56,6 +58,7 @@ class RunInfo:
         return cls(run_id=now.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3),
                    timestamp=now.isoformat(timespec="seconds"), checkpoint=ckpt.name,
                    checkpoint_sha256=ckpt.sha256, arch=ckpt.arch, mode=ckpt.mode, group=group or "", seed=seed,
+                   recipe=ckpt.recipe_id, epoch=ckpt.epoch,
                    mean="/".join(f"{v:g}" for v in ckpt.mean), std="/".join(f"{v:g}" for v in ckpt.std),
                    norm_origin=str(ckpt.origin.get("mean", "")))
 
@@ -66,7 +69,7 @@ class RunInfo:
 #: name columns of the tables above; every other column is a number.
 IDENTIFIER_COLUMNS: frozenset[str] = frozenset(
     [f.name for f in fields(RunInfo) if f.type in ("str", str)]
-    + ["id", "fit", "ood", "layer", "scorer", "params", "tuned_on", "data", "transfer", "x", "y"]
+    + ["id", "fit", "ood", "ood_group", "layer", "scorer", "params", "tuned_on", "data", "transfer", "x", "y"]
 )
 
 
