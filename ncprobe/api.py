@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 
 from .checkpoint.loaded import LoadedCheckpoint
+from .errors import ParameterError
 from .jobs.calibrate import calibrate
 from .jobs.compute import accuracy, collapse_table, layers_tables
-from .jobs.extract import FeatureExtractor, extract_layers_features
+from .jobs.extract import FeatureExtractor, SharedExtractor, extract_layers_features
 from .jobs.inputs import (
     check_labelled,
     resolve_checkpoint,
@@ -31,7 +32,7 @@ from .report.schema import (
 )
 
 __all__ = ["COLLAPSE_COLUMNS", "CORRELATION_COLUMNS", "OOD_COLUMNS", "TRANSFER_COLUMNS", "LayersResult",
-           "collapse", "evaluate", "layers"]
+           "collapse", "evaluate", "layers", "layers_many"]
 
 
 @dataclass
@@ -104,7 +105,8 @@ def collapse(checkpoint, data, *, layers=None, out=None, device=None, batch_size
 def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None, device=None, batch_size=256,
            cache_dir=None, use_cache=True, fit_split=None, seed=0, group=None, progress=True, data_root=None,
            download=False, checkpoint_options=None, scorer_params=None, plot=True, transfer=None,
-           transfer_fraction=0.5, val_ood=None, save_scores=False, report=None) -> LayersResult:
+           transfer_fraction=0.5, val_ood=None, save_scores=False, csid=None, ood_groups=None,
+           report=None) -> LayersResult:
     """The main job: per-layer NC metrics and OOD scores of ``checkpoint`` for ID set ``id`` against ``ood``.
 
     ``fit`` defaults to the ID set's train split; for a file or folder without one, give ``fit`` or
@@ -116,26 +118,75 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
     ``val_ood``: validation OOD sets on which each tunable scorer's grid is searched (AUROC against
     the ID set); the test OOD sets never influence the choice, recorded in ``params``/``tuned_on``.
     ``save_scores``: keep every per-sample score vector in ``result.scores`` (and, with ``out``,
-    write ``out/<run_id>.scores.npz``).
+    write ``out/<run_id>.scores.npz``). ``csid``: covariate-shifted ID sets counted as ID
+    (full-spectrum detection). ``ood_groups``: OOD set name -> ``near``/``far`` (the ``ood_group`` column).
+    """
+    kwargs = {k: v for k, v in locals().items() if k not in ("checkpoint", "id", "ood", "fit")}
+    return layers_many([checkpoint], id, ood, fit, **kwargs)[0]
+
+
+def layers_many(checkpoints, id, ood, fit=None, *, scorers=None, layers=None, out=None, device=None, batch_size=256,
+                cache_dir=None, use_cache=True, fit_split=None, seed=0, group=None, progress=True, data_root=None,
+                download=False, checkpoint_options=None, scorer_params=None, plot=True, transfer=None,
+                transfer_fraction=0.5, val_ood=None, save_scores=False, csid=None, ood_groups=None,
+                report=None) -> list[LayersResult]:
+    """:func:`layers` for several checkpoints (e.g. the seeds of a recipe, or every epoch of a run)
+    in one call: each is its own run in the same tables, and every dataset is read and decoded once
+    for all of them (one pass over its batches feeds every model whose features are not cached).
+
+    Every input is checked for every checkpoint before the first forward pass; each run's rows are
+    written as soon as it is scored, so a failure later loses nothing already written.
     """
     if out is not None:
         check_out(out)
-    inputs = resolve_layers_inputs(checkpoint, id, ood, fit, fit_split=fit_split, seed=seed, scorers=scorers,
-                                   scorer_params=scorer_params, transfer=transfer, val_ood=val_ood, data_root=data_root, download=download,
-                                   checkpoint_options=checkpoint_options)
+    ckpts = [resolve_checkpoint(c, checkpoint_options) for c in checkpoints]
+    if not ckpts:
+        raise ParameterError("no checkpoint given; pass at least one CKPT")
+    seen: dict[str, str] = {}
+    for ck in ckpts:
+        ident = ck.sha256 or ck.weights_fingerprint
+        if ident in seen:
+            raise ParameterError(f"the checkpoint {ck.source!r} is given twice ({seen[ident]!r} has the same "
+                                 "weights); each would be a duplicate run: give each checkpoint once")
+        seen[ident] = str(ck.source)
+    first = resolve_layers_inputs(ckpts[0], id, ood, fit, fit_split=fit_split, seed=seed, scorers=scorers,
+                                  scorer_params=scorer_params, transfer=transfer, val_ood=val_ood, csid=csid,
+                                  data_root=data_root, download=download)
+    every = [first] + [  # the sources resolved (and read) once, checked again against each head
+        resolve_layers_inputs(ck, first.id, first.ood, first.fit, fit_split=fit_split, seed=seed,
+                              scorers=first.scorers, scorer_params=first.scorer_params, transfer=first.transfer,
+                              val_ood=first.val, csid=first.csid)
+        for ck in ckpts[1:]
+    ]
+    notes = []
+    for inputs in every:
+        labelled = inputs.fit if inputs.fit is not None else inputs.id.subset(inputs.split[0], "fit")
+        notes.append(_calibrated(inputs.checkpoint, labelled, device, batch_size, report, cache_dir, use_cache))
+    shared = SharedExtractor(ckpts, layers=layers, device=device, batch_size=batch_size, cache_dir=cache_dir,
+                             use_cache=use_cache, progress=progress)
+    results = []
+    for i, inputs in enumerate(every):
+        extract = shared.view(i)
+        feats = extract_layers_features(inputs, extract)
+        results.append(_layers_result(inputs, feats, extract, notes[i], out=out, group=group, seed=seed,
+                                      transfer_fraction=transfer_fraction, progress=progress,
+                                      save_scores=save_scores, plot=plot, ood_groups=ood_groups))
+    return results
+
+
+def _layers_result(inputs, feats, extract, notes, *, out, group, seed, transfer_fraction, progress, save_scores,
+                   plot, ood_groups) -> LayersResult:
+    """Tables of one checkpoint's run from its features, written to ``out`` when given."""
     ckpt = inputs.checkpoint
-    labelled = inputs.fit if inputs.fit is not None else inputs.id.subset(inputs.split[0], "fit")
-    notes = _calibrated(ckpt, labelled, device, batch_size, report, cache_dir, use_cache)
-    extract = _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress)
-    feats = extract_layers_features(inputs, extract)
     run = RunInfo.new(ckpt, group=group, seed=seed)
     tables = layers_tables(ckpt, feats, inputs.scorers, run, scorer_params=inputs.scorer_params,
-                           transfer_fraction=transfer_fraction, progress=progress, keep_scores=save_scores)
+                           transfer_fraction=transfer_fraction, progress=progress, keep_scores=save_scores,
+                           ood_groups=ood_groups)
     result = LayersResult(run_id=run.run_id, checkpoint=ckpt, ood=tables.ood, collapse=tables.collapse,
                           id_accuracy=tables.id_accuracy, from_cache=extract.from_cache, transfer=tables.transfer,
                           correlation=tables.correlation, scores=tables.scores, notes=notes)
     result.extras["features"] = {"fit": feats.fit, "id": feats.id, "ood": feats.ood, "transfer": feats.transfer,
-                                 "val": feats.val}
+                                 "val": feats.val, "csid": feats.csid}
     if out is not None:
         result.out = write_tables(out, {"ood.csv": tables.ood, "collapse.csv": tables.collapse,
                                         "transfer.csv": tables.transfer, "correlation.csv": tables.correlation})

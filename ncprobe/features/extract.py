@@ -20,6 +20,7 @@ import time
 import types
 import warnings
 from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +314,45 @@ def _script_code_digest(model) -> str | None:
     return h.hexdigest() if found else None
 
 
+@dataclass
+class _Job:
+    """One checkpoint's pending extraction of one source: what to probe and where to cache it."""
+
+    ckpt: LoadedCheckpoint
+    names: list[str]
+    every_module: bool
+    key: str | None = None
+    state: object = None
+
+
+def _plan(ckpt, source, layers, *, dev, use_amp, tokens, use_cache, cache_dir):
+    """(cached FeatureSet or None, the pending job, whether the cache may be used, cache dir)."""
+    names = resolve_layers(ckpt.model, ckpt.head_name, ckpt.probe_layers, layers)
+    if not ckpt.hookable:  # e.g. a TorchScript archive: no forward hooks
+        if layers not in (None, []):
+            raise NcprobeError(f"{ckpt.name} is a scripted model whose layers cannot be hooked; only its logits can be "
+                               f"probed: drop --layers, or load the eager model with --arch")
+        names = [LOGITS]
+    job = _Job(ckpt=ckpt, names=names, every_module=layers == ALL)
+    size = tuple(ckpt.input_size[-2:])
+    preprocess_desc = {"size": list(size), "mean": list(ckpt.mean), "std": list(ckpt.std), "amp": use_amp}
+    if use_cache:
+        try:
+            arch_desc = architecture_fingerprint(ckpt)
+        except Exception as exc:  # noqa: BLE001 - odd user code: run without the cache rather than key it wrongly
+            warnings.warn(f"cannot tell what code computes {ckpt.name}'s features ({type(exc).__name__}); "
+                          f"not using the feature cache", stacklevel=3)
+            use_cache = False
+    if use_cache:
+        job.key = feature_cache.cache_key(checkpoint_id(ckpt), source.fingerprint, preprocess_desc, names,
+                                          f"pool:{tokens}", architecture=arch_desc)
+        cache_dir = feature_cache.default_cache_dir() if cache_dir is None else cache_dir
+        cached, job.state = feature_cache.lookup(cache_dir, job.key, source.name)
+        if cached is not None:
+            return cached, job, cache_dir
+    return None, job, cache_dir
+
+
 def extract_features(
     ckpt: LoadedCheckpoint,
     source: DataSource,
@@ -333,108 +373,157 @@ def extract_features(
     precision (bf16 autocast), on by default on CUDA and off on CPU. ``tokens``: 'mean' or 'cls'
     pooling for (N, L, C) outputs.
     """
+    return extract_many([ckpt], source, layers, device=device, batch_size=batch_size, cache_dir=cache_dir,
+                        use_cache=use_cache, progress=progress, workers=workers, amp=amp, tokens=tokens)[0]
+
+
+def extract_many(
+    ckpts: list[LoadedCheckpoint],
+    source: DataSource,
+    layers=None,
+    *,
+    device=None,
+    batch_size: int = 256,
+    cache_dir=None,
+    use_cache: bool = True,
+    progress: bool = True,
+    workers: int = 0,
+    amp: bool | None = None,
+    tokens: str = "mean",
+) -> list[FeatureSet]:
+    """:func:`extract_features` of ``source`` for several checkpoints, reading the source once.
+
+    Checkpoints whose features are cached are served from the cache; the others share one pass
+    over the source's batches (one pass per distinct input size for sources decoded per item,
+    whose images are resized while they are read), each batch going through every model in turn.
+    The features equal those of separate calls.
+    """
     if tokens not in REDUCTIONS:
         raise NcprobeError(f"unknown token reduction {tokens!r}; use one of {', '.join(REDUCTIONS)}")
     if len(source) == 0:
         raise NcprobeError(f"dataset {source.name!r} is empty; check the path or the classes=/n= options")
     dev = resolve_device(device)
     use_amp = (dev.type == "cuda") if amp is None else bool(amp)
-    names = resolve_layers(ckpt.model, ckpt.head_name, ckpt.probe_layers, layers)
-    if not ckpt.hookable:  # e.g. a TorchScript archive: no forward hooks
-        if layers not in (None, []):
-            raise NcprobeError(f"{ckpt.name} is a scripted model whose layers cannot be hooked; only its logits can be "
-                               f"probed: drop --layers, or load the eager model with --arch")
-        names = [LOGITS]
-    size = tuple(ckpt.input_size[-2:])
-    preprocess_desc = {"size": list(size), "mean": list(ckpt.mean), "std": list(ckpt.std), "amp": use_amp}
-    state = None
-    if use_cache:
-        try:
-            arch_desc = architecture_fingerprint(ckpt)
-        except Exception as exc:  # noqa: BLE001 - odd user code: run without the cache rather than key it wrongly
-            warnings.warn(f"cannot tell what code computes {ckpt.name}'s features ({type(exc).__name__}); "
-                          f"not using the feature cache", stacklevel=2)
-            use_cache = False
-    if use_cache:
-        key = feature_cache.cache_key(checkpoint_id(ckpt), source.fingerprint, preprocess_desc, names, f"pool:{tokens}",
-                                      architecture=arch_desc)
-        cache_dir = feature_cache.default_cache_dir() if cache_dir is None else cache_dir
-        cached, state = feature_cache.lookup(cache_dir, key, source.name)
-        if cached is not None:
-            return cached
-
-    fs = _forward(ckpt, source, names, dev, batch_size, progress, workers, use_amp, tokens, layers == ALL)
-    fs.meta = {"dataset": source.spec, "checkpoint": ckpt.name, "seconds": fs.seconds}
-    if use_cache and state != feature_cache.UNREADABLE:  # never overwrite an entry we may not read
-        feature_cache.save(cache_dir, key, fs)
-    return fs
+    results: list[FeatureSet | None] = []
+    pending: list[tuple[int, _Job]] = []
+    where = cache_dir
+    for i, ckpt in enumerate(ckpts):
+        cached, job, where = _plan(ckpt, source, layers, dev=dev, use_amp=use_amp, tokens=tokens,
+                                   use_cache=use_cache, cache_dir=cache_dir)
+        results.append(cached)
+        if cached is None:
+            pending.append((i, job))
+    # item sources are resized while read: one pass per input size; in-memory arrays: one pass for all
+    passes: dict = {}
+    for i, job in pending:
+        size = tuple(job.ckpt.input_size[-2:]) if source.images is None else None
+        passes.setdefault(size, []).append((i, job))
+    for size, group in passes.items():
+        feature_sets = _forward(group, source, dev, batch_size, progress, workers, use_amp, tokens, size)
+        for (i, job), fs in zip(group, feature_sets, strict=True):
+            fs.meta = {"dataset": source.spec, "checkpoint": job.ckpt.name, "seconds": fs.seconds}
+            if job.key is not None and job.state != feature_cache.UNREADABLE:  # never overwrite an entry we may not read
+                feature_cache.save(where, job.key, fs)
+            results[i] = fs
+    return results  # type: ignore[return-value]
 
 
-def _forward(ckpt, source, names, dev, batch_size, progress, workers, use_amp, tokens, every_module) -> FeatureSet:
-    model = ckpt.model
-    was_training = model.training
-    model.eval()
-    orig_device = next(iter(model.parameters()), torch.empty(0)).device
-    model.to(dev)
-    preprocess = Preprocess(ckpt.mean, ckpt.std, tuple(ckpt.input_size[-2:])).to(dev)
-    n_total = len(source)
-    modules = dict(model.named_modules())
-    hooked = [n for n in names if n not in (PENULTIMATE, LOGITS)]
-    nhwc = _channels_last_hints(ckpt)
-    captured: dict[str, torch.Tensor] = {}
-    batch_n = [0]
+class _Probe:
+    """Hooks on one model that capture its probe points during a forward pass, pooled on the device."""
 
-    def make_hook(name):
+    def __init__(self, job: _Job, dev, tokens: str, n_total: int):
+        self.job = job
+        self.ckpt = ckpt = job.ckpt
+        self.model = ckpt.model
+        self.dev = dev
+        self.tokens = tokens
+        self.n_total = n_total
+        self.preprocess = Preprocess(ckpt.mean, ckpt.std, tuple(ckpt.input_size[-2:])).to(dev)
+        self.nhwc = _channels_last_hints(ckpt)
+        self.captured: dict[str, torch.Tensor] = {}
+        self.batch_n = 0
+        self.kept = list(job.names)
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def attach(self, stack: ExitStack) -> None:
+        """Eval mode on ``dev`` with the hooks registered; ``stack`` restores the model when it closes."""
+        model = self.model
+        was_training = model.training
+        orig_device = next(iter(model.parameters()), torch.empty(0)).device
+        stack.callback(model.train, was_training)
+        stack.callback(model.to, orig_device)
+        model.eval()
+        model.to(self.dev)
+        modules = dict(model.named_modules())
+        for name in self.job.names:
+            if name not in (PENULTIMATE, LOGITS):
+                stack.callback(modules[name].register_forward_hook(self._hook(name)).remove)
+        if PENULTIMATE in self.job.names:
+            stack.callback(self.ckpt.head.register_forward_pre_hook(self._head_hook).remove)
+
+    def _hook(self, name):
         def hook(_mod, _inp, out):
-            if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.shape[0] == batch_n[0]:
-                captured[name] = pool(out, tokens, name in nhwc)
+            if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.shape[0] == self.batch_n:
+                self.captured[name] = pool(out, self.tokens, name in self.nhwc)
 
         return hook
 
-    def head_hook(_mod, args):
+    def _head_hook(self, _mod, args):
         if args and isinstance(args[0], torch.Tensor):
-            captured[PENULTIMATE] = pool(args[0], tokens)
+            self.captured[PENULTIMATE] = pool(args[0], self.tokens)
 
-    out_arrays: dict[str, np.ndarray] = {}
+    def run(self, images: torch.Tensor, pos: int, autocast) -> None:
+        """Forward one batch of raw uint8 images and store its pooled features at rows ``pos:``."""
+        n = images.shape[0]
+        self.batch_n = n
+        self.captured.clear()
+        x = self.preprocess(images)
+        with autocast:
+            self.captured[LOGITS] = _logits_of(self.model(x))
+        if pos == 0:
+            self.kept = _check_first_batch(self.job.names, self.captured, self.job.every_module)
+            for name in self.kept:
+                self.arrays[name] = np.empty((self.n_total, self.captured[name].shape[1]), dtype=np.float32)
+        for name in self.kept:
+            t = self.captured.get(name)
+            if t is None:
+                raise NcprobeError(f"layer {name!r} produced no tensor for a batch; drop it from --layers")
+            self.arrays[name][pos : pos + n] = t.detach().float().cpu().numpy()
+
+
+def _forward(group, source, dev, batch_size, progress, workers, use_amp, tokens, size) -> list[FeatureSet]:
+    """One pass over ``source``'s batches, each batch through every model of ``group``."""
+    n_total = len(source)
+    probes = [_Probe(job, dev, tokens, n_total) for _, job in group]
     labels = np.empty(n_total, dtype=np.int64)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if use_amp else nullcontext()
-    loader = batch_loader(source, batch_size, size=tuple(ckpt.input_size[-2:]), workers=workers,
-                          pin_memory=dev.type == "cuda")
-    bar = progress_bar(n_total, f"features {source.name}", progress, unit="img", unit_scale=True)
+    load_size = size if size is not None else tuple(probes[0].ckpt.input_size[-2:])
+    loader = batch_loader(source, batch_size, size=load_size, workers=workers, pin_memory=dev.type == "cuda")
+    models = "" if len(probes) == 1 else f" x {len(probes)} models"
+    bar = progress_bar(n_total, f"features {source.name}{models}", progress, unit="img", unit_scale=True)
     start = time.perf_counter()
-    kept = list(names)
+    seconds = [0.0] * len(probes)
     try:
         with ExitStack() as stack, torch.inference_mode():
-            for name in hooked:
-                stack.callback(modules[name].register_forward_hook(make_hook(name)).remove)
-            if PENULTIMATE in names:
-                stack.callback(ckpt.head.register_forward_pre_hook(head_hook).remove)
+            for probe in probes:
+                probe.attach(stack)
             pos = 0
             for images, y in loader:
                 n = images.shape[0]
-                batch_n[0] = n
-                captured.clear()
-                x = preprocess(images.to(dev, non_blocking=True))
-                with autocast:
-                    captured[LOGITS] = _logits_of(model(x))
-                if pos == 0:
-                    kept = _check_first_batch(names, captured, every_module)
-                    for name in kept:
-                        out_arrays[name] = np.empty((n_total, captured[name].shape[1]), dtype=np.float32)
-                for name in kept:
-                    t = captured.get(name)
-                    if t is None:
-                        raise NcprobeError(f"layer {name!r} produced no tensor for a batch; drop it from --layers")
-                    out_arrays[name][pos : pos + n] = t.detach().float().cpu().numpy()
+                images = images.to(dev, non_blocking=True)
+                for j, probe in enumerate(probes):
+                    t0 = time.perf_counter()
+                    probe.run(images, pos, autocast)
+                    seconds[j] += time.perf_counter() - t0
                 labels[pos : pos + n] = y.numpy()
                 pos += n
                 bar.update(n)
     finally:
         bar.close()
-        model.to(orig_device)
-        model.train(was_training)
-    seconds = time.perf_counter() - start
-    return FeatureSet(name=source.name, layers=kept, features=out_arrays, labels=labels, seconds=seconds)
+    if len(probes) == 1:
+        seconds = [time.perf_counter() - start]
+    return [FeatureSet(name=source.name, layers=probe.kept, features=probe.arrays, labels=labels.copy(),
+                       seconds=sec) for probe, sec in zip(probes, seconds, strict=True)]
 
 
 def _check_first_batch(names, captured, every_module) -> list[str]:

@@ -50,3 +50,23 @@ class FeatureSet:
             meta=dict(self.meta),
             index=self.sample_index()[idx],
         )
+
+    @classmethod
+    def concat(cls, sets: list["FeatureSet"], name: str | None = None) -> "FeatureSet":
+        """The rows of ``sets`` one after another (same layers required), e.g. an ID set and its
+        covariate-shifted copies counted as ID in full-spectrum detection."""
+        if len(sets) == 1 and name is None:
+            return sets[0]
+        layers = list(sets[0].layers)
+        for fs in sets[1:]:
+            if list(fs.layers) != layers:
+                raise ValueError(f"cannot concatenate {fs.name!r}: its layers differ from {sets[0].name!r}'s")
+        return cls(
+            name=name or "+".join(fs.name for fs in sets),
+            layers=layers,
+            features={k: np.concatenate([fs.features[k] for fs in sets]) for k in layers},
+            labels=np.concatenate([fs.labels for fs in sets]),
+            from_cache=all(fs.from_cache for fs in sets),
+            seconds=sum(fs.seconds for fs in sets),
+            index=np.concatenate([fs.sample_index() for fs in sets]),
+        )

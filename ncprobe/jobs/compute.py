@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ScoringError
+from ..features.featureset import FeatureSet
 from ..features.probe_points import LOGITS, PENULTIMATE
 from ..progress import progress_bar
 from ..report.schema import (
@@ -106,7 +107,8 @@ def tune_scorer(name: str, layer: str, fit_fs, id_fs, val_sets: list, stats: dic
 
 
 def ood_frame(fit_fs, id_fs, ood_sets: list, stats: dict, head, scorers: list[str], params: dict | None = None,
-              progress: bool = False, val_sets: list | None = None, collect: dict | None = None) -> pd.DataFrame:
+              progress: bool = False, val_sets: list | None = None, collect: dict | None = None,
+              ood_groups: dict | None = None) -> pd.DataFrame:
     """One row per (layer, scorer, OOD set) with AUROC, AUPR-In/Out and both FPR@95 conventions.
 
     ``val_sets``: validation OOD feature sets on which each tunable scorer's grid is searched first
@@ -136,7 +138,7 @@ def ood_frame(fit_fs, id_fs, ood_sets: list, stats: dict, head, scorers: list[st
             if collect is not None:
                 collect[(ood_fs.name, layer, name)] = ood_scores
             m = ood_metrics(id_scores, ood_scores)
-            rows.append({"ood": ood_fs.name, "layer": layer, "layer_index": index, "dim": fit_fs.dim(layer),
+            rows.append({"ood": ood_fs.name, "ood_group": (ood_groups or {}).get(ood_fs.name, ""), "layer": layer, "layer_index": index, "dim": fit_fs.dim(layer),
                          "scorer": name, "params": effective, "tuned_on": tuned_on if tuned is not None else "",
                          **m, "n_ood": len(ood_fs)})
         bar.update(1)
@@ -194,8 +196,11 @@ class LayersTables:
 
 
 def layers_tables(ckpt, feats: LayersFeatures, scorers: list[str], run: RunInfo, *, scorer_params=None,
-                  transfer_fraction: float = 0.5, progress: bool = False, keep_scores: bool = False) -> LayersTables:
-    """Statistics, collapse, scores, transfer and correlation of one ``layers`` run."""
+                  transfer_fraction: float = 0.5, progress: bool = False, keep_scores: bool = False,
+                  ood_groups: dict | None = None) -> LayersTables:
+    """Statistics, collapse, scores, transfer and correlation of one ``layers`` run. With
+    covariate-shifted ID sets (``feats.csid``, full-spectrum detection) the ID side of every score
+    is the ID set followed by them; accuracy is the ID set's alone."""
     from ..transfer import (  # scipy.stats and sklearn: only for this job
         correlation_frame,
         transfer_frame,
@@ -206,17 +211,18 @@ def layers_tables(ckpt, feats: LayersFeatures, scorers: list[str], run: RunInfo,
     collapse = stamp(collapse_frame(feats.fit, stats, head), run, COLLAPSE_COLUMNS, data=feats.fit.name)
     id_acc = accuracy(feats.id, ckpt.num_classes)
     collect = {} if keep_scores else None
-    ood = ood_frame(feats.fit, feats.id, feats.ood, stats, head, scorers, scorer_params, progress=progress,
-                    val_sets=feats.val, collect=collect)
-    ood = stamp(ood, run, OOD_COLUMNS, id=feats.id.name, fit=feats.fit.name, id_accuracy=id_acc,
-                n_fit=len(feats.fit), n_id=len(feats.id))
+    id_side = FeatureSet.concat([feats.id, *feats.csid]) if feats.csid else feats.id
+    ood = ood_frame(feats.fit, id_side, feats.ood, stats, head, scorers, scorer_params, progress=progress,
+                    val_sets=feats.val, collect=collect, ood_groups=ood_groups)
+    ood = stamp(ood, run, OOD_COLUMNS, id=id_side.name, fit=feats.fit.name, id_accuracy=id_acc,
+                n_fit=len(feats.fit), n_id=len(id_side))
     transfer = pd.DataFrame(columns=TRANSFER_COLUMNS)
     if feats.transfer:
         parts = [transfer_frame(fs, fs.name, train_fraction=transfer_fraction, seed=run.seed) for fs in feats.transfer]
         transfer = stamp(pd.concat(parts, ignore_index=True), run, TRANSFER_COLUMNS)
     correlation = correlation_frame(collapse, ood, transfer)
     correlation = stamp(correlation, run, CORRELATION_COLUMNS) if not correlation.empty else correlation
-    scores = scores_frame(collect, feats.id, feats.ood) if keep_scores else None
+    scores = scores_frame(collect, id_side, feats.ood) if keep_scores else None
     return LayersTables(run=run, ood=ood, collapse=collapse, transfer=transfer, correlation=correlation,
                         id_accuracy=id_acc, scores=scores)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..checkpoint.loaded import LoadedCheckpoint, input_size_error
 from ..data.source import DataSource
 from ..features import extract_features
+from ..features.extract import extract_many
 from ..features.featureset import FeatureSet
 from .inputs import LayersInputs
 
@@ -47,6 +48,59 @@ class FeatureExtractor:
         return fs
 
 
+class SharedExtractor:
+    """Extraction for several checkpoints that reads each data source once.
+
+    ``shared.view(i)`` is checkpoint ``i``'s extractor (callable like :class:`FeatureExtractor`).
+    The first view asked for a source runs every checkpoint's missing features in one pass over
+    it (:func:`ncprobe.features.extract.extract_many`) and keeps the other checkpoints' results
+    until their views ask for them (each is handed out once, then released).
+    """
+
+    def __init__(self, ckpts: list[LoadedCheckpoint], *, layers=None, device=None, batch_size: int = 256,
+                 cache_dir=None, use_cache: bool = True, progress: bool = True):
+        self.ckpts = list(ckpts)
+        batch = min(bounded_batch(batch_size, c.input_size) for c in self.ckpts)
+        self.options = {"layers": layers, "device": device, "batch_size": batch, "cache_dir": cache_dir,
+                        "use_cache": use_cache, "progress": progress}
+        self._held: dict[tuple[str, int], FeatureSet] = {}
+        self.passes = 0  # forward passes over a source (a test counts them)
+
+    def view(self, index: int) -> _View:
+        return _View(self, index)
+
+    def _get(self, source: DataSource, index: int) -> FeatureSet:
+        key = (source.fingerprint, index)
+        if key not in self._held:
+            try:
+                sets = extract_many(self.ckpts, source, **self.options)
+            except RuntimeError as exc:  # a wrong input size reads as one, naming the checkpoint
+                for ckpt in self.ckpts:
+                    err = input_size_error(ckpt, exc)
+                    if err is not None:
+                        raise err from None
+                raise
+            self.passes += 1
+            for i, fs in enumerate(sets):
+                self._held[(source.fingerprint, i)] = fs
+        return self._held.pop(key)
+
+
+class _View:
+    """One checkpoint's extractor within a :class:`SharedExtractor`."""
+
+    def __init__(self, shared: SharedExtractor, index: int):
+        self.shared = shared
+        self.index = index
+        self.ckpt = shared.ckpts[index]
+        self.from_cache: dict[str, bool] = {}
+
+    def __call__(self, source: DataSource) -> FeatureSet:
+        fs = self.shared._get(source, self.index)
+        self.from_cache[source.name] = fs.from_cache
+        return fs
+
+
 @dataclass
 class LayersFeatures:
     """The features of every set of a ``layers`` run."""
@@ -56,6 +110,7 @@ class LayersFeatures:
     ood: list[FeatureSet]
     transfer: list[FeatureSet] = field(default_factory=list)
     val: list[FeatureSet] = field(default_factory=list)  # validation OOD sets (hyper-parameter choice only)
+    csid: list[FeatureSet] = field(default_factory=list)  # covariate-shifted ID sets, scored as ID
 
 
 def extract_layers_features(inputs: LayersInputs, extract: FeatureExtractor) -> LayersFeatures:
@@ -72,4 +127,5 @@ def extract_layers_features(inputs: LayersInputs, extract: FeatureExtractor) -> 
     ood = [extract(src) for src in inputs.ood]
     transfer = [extract(src) for src in inputs.transfer]
     val = [extract(src) for src in inputs.val]
-    return LayersFeatures(fit=fit_fs, id=id_fs, ood=ood, transfer=transfer, val=val)
+    csid = [extract(src) for src in inputs.csid]
+    return LayersFeatures(fit=fit_fs, id=id_fs, ood=ood, transfer=transfer, val=val, csid=csid)

@@ -153,6 +153,8 @@ class LayersInputs:
     seed: int = 0
     scorer_params: dict = field(default_factory=dict)
     val: list[DataSource] = field(default_factory=list)  # validation OOD sets: tune, never report
+    #: covariate-shifted ID sets counted as ID (full-spectrum detection): their rows join the ID scores
+    csid: list[DataSource] = field(default_factory=list)
 
 
 def _as_list(specs) -> list:
@@ -162,7 +164,7 @@ def _as_list(specs) -> list:
 
 
 def resolve_layers_inputs(checkpoint, id, ood, fit=None, *, fit_split=None, seed=0, scorers=None, scorer_params=None,
-                          transfer=None, val_ood=None, data_root=None, download=False,
+                          transfer=None, val_ood=None, csid=None, data_root=None, download=False,
                           checkpoint_options=None) -> LayersInputs:
     """Resolve and check the inputs of a ``layers`` run; nothing here runs the network."""
     ckpt = resolve_checkpoint(checkpoint, checkpoint_options)
@@ -220,6 +222,13 @@ def resolve_layers_inputs(checkpoint, id, ood, fit=None, *, fit_split=None, seed
         check_labelled(id_source, ckpt.num_classes, "ID")
         inputs.split = stratified_split(np.asarray(id_source.labels), float(fit_split), seed)
         check_class_sizes(id_source.labels[inputs.split[0]], names)
+    inputs.csid = [source(spec, "test") for spec in _as_list(csid)]
+    for src in inputs.csid:
+        if len(src) == 0:
+            raise NcprobeError(f"the covariate-shifted ID set {src.name!r} is empty; check its path and options")
+        if src.fingerprint in {o.fingerprint for o in inputs.ood} | {id_source.fingerprint}:
+            raise ParameterError(f"{src.name!r} is given both as a covariate-shifted ID set and as the ID or an "
+                                 "OOD set; give each set one role")
     inputs.transfer = [source(spec, "test") for spec in _as_list(transfer)]
     inputs.val = [source(spec, "test") for spec in _as_list(val_ood)]
     test_names = {src.name for src in inputs.ood}
