@@ -94,7 +94,9 @@ def test_leaderboard_cannot_group_by_a_measured_value(tmp_path, capsys, group):
 
 
 def test_leaderboard_group_by_a_column_twice_is_once(tmp_path, capsys):
-    main(["leaderboard", str(_table(tmp_path, [0.8, 0.6])), "--group-by", "checkpoint,checkpoint", "--format", "csv"])
+    path = _table(tmp_path, [0.8, 0.6])
+    pd.read_csv(path).assign(seed=[0, 1]).to_csv(path, index=False)  # two seeds of a fit split: two measurements
+    main(["leaderboard", str(path), "--group-by", "checkpoint,checkpoint", "--format", "csv"])
     board = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
     assert board["auroc_mean"].round(6).tolist() == [0.7]
 
