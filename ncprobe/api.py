@@ -32,7 +32,7 @@ from .report.schema import (
 )
 
 __all__ = ["COLLAPSE_COLUMNS", "CORRELATION_COLUMNS", "OOD_COLUMNS", "TRANSFER_COLUMNS", "LayersResult",
-           "collapse", "evaluate", "layers", "layers_many"]
+           "BenchResult", "bench", "collapse", "evaluate", "layers", "layers_many"]
 
 
 @dataclass
@@ -174,6 +174,50 @@ def layers_many(checkpoints, id, ood, fit=None, *, scorers=None, layers=None, ou
     return results
 
 
+@dataclass
+class BenchResult:
+    """What one ``bench`` call produced: each checkpoint's run and the near/far table over them."""
+
+    preset: str
+    runs: list[LayersResult]
+    table: pd.DataFrame
+    out: Path | None = None
+
+
+def bench(preset, checkpoints, *, data_root=None, sets=None, full_spectrum=False, tune=False, scorers=None,
+          layers=None, out=None, device=None, batch_size=256, cache_dir=None, use_cache=True, group=None,
+          progress=True, download=False, checkpoint_options=None, scorer_params=None, plot=True,
+          save_scores=False, report=None) -> BenchResult:
+    """A standard benchmark (``ncprobe/benchmarks.yaml``: OpenOOD v1.5 CIFAR-10/100, ImageNet-200/1K,
+    DDU) for one or more checkpoints: the preset's fit, ID and near/far OOD sets are resolved under
+    ``data_root`` (``sets={"svhn": "svhn.npz"}`` points any of them elsewhere), every checkpoint is
+    scored as in :func:`layers_many` with the ``ood_group`` column filled in, and ``table`` holds
+    near- and far-OOD AUROC / FPR95 averages per run and scorer at its best layer and at the
+    penultimate (appended to ``out/bench.csv``). ``tune``: choose hyper-parameters on the preset's
+    validation OOD sets; ``full_spectrum``: count its covariate-shifted ID sets as ID.
+    """
+    from .jobs.presets import get_preset, parse_overrides, resolve_preset
+    from .report.leaderboard import near_far_table
+
+    if out is not None:
+        check_out(out, ["ood.csv", "collapse.csv", "bench.csv"])
+    chosen = get_preset(preset)
+    overrides = sets if isinstance(sets, dict) else parse_overrides(sets)
+    src = resolve_preset(chosen, data_root=data_root, overrides=overrides, full_spectrum=full_spectrum, tune=tune,
+                         download=download)
+    runs = layers_many(checkpoints, src.id, src.ood, src.fit, scorers=scorers, layers=layers, out=out, device=device,
+                       batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache, group=group,
+                       progress=progress, checkpoint_options=checkpoint_options, scorer_params=scorer_params,
+                       plot=plot, val_ood=src.val, save_scores=save_scores, csid=src.csid,
+                       ood_groups=src.ood_groups, report=report)
+    table = near_far_table(pd.concat([r.ood for r in runs], ignore_index=True))
+    table.insert(0, "preset", chosen.name)
+    result = BenchResult(preset=chosen.name, runs=runs, table=table)
+    if out is not None:
+        result.out = write_tables(out, {"bench.csv": table})
+    return result
+
+
 def _layers_result(inputs, feats, extract, notes, *, out, group, seed, transfer_fraction, progress, save_scores,
                    plot, ood_groups) -> LayersResult:
     """Tables of one checkpoint's run from its features, written to ``out`` when given."""
@@ -196,3 +240,78 @@ def _layers_result(inputs, feats, extract, notes, *, out, group, seed, transfer_
             result.plot_path = write_layers_plot(result.out, tables.collapse, tables.ood, run.run_id,
                                                  title=f"{ckpt.name} ({ckpt.arch}) - ID {feats.id.name}")
     return result
+
+
+# ------------------------------------------------------------------ collapse over training (trajectories)
+
+@dataclass
+class TrajectoryResult:
+    """What ``collapse_trajectory`` produced: one point per checkpoint, in trajectory order."""
+
+    run_id: str
+    checkpoints: list  # display names, in trajectory order
+    epochs: list  # their stored epochs (None where a checkpoint stores none)
+    collapse: pd.DataFrame  # collapse.csv rows of every checkpoint
+    trajectory: pd.DataFrame  # trajectory.csv rows
+    from_cache: dict = field(default_factory=dict)
+    out: Path | None = None
+    plot_path: Path | None = None
+    notes: list = field(default_factory=list)
+
+
+def collapse_trajectory(checkpoints, data, *, layers=None, out=None, device=None, batch_size=256, cache_dir=None,
+                        use_cache=True, progress=True, data_root=None, download=False, checkpoint_options=None,
+                        group=None, plot=True, report=None) -> TrajectoryResult:
+    """``collapse`` of every checkpoint in ``checkpoints`` (paths, quoted globs such as
+    ``"runs/m.epoch*.safetensors"``, or loaded checkpoints) on the labelled set ``data`` (resolved once),
+    as one trajectory ordered by each checkpoint's stored epoch (the given order, with a note, when one
+    stores none). Each point is measured as :func:`collapse` measures it; the rows share one run id.
+    With ``out``: every checkpoint's rows appended to ``out/collapse.csv`` and the trajectory to
+    ``out/trajectory.csv`` in one transaction, and NC1 against epoch drawn to ``out/<run_id>.trajectory.png``."""
+    from .jobs.trajectory import (
+        expand_checkpoints,
+        measure_collapse,
+        order_points,
+        point_run,
+        trajectory_frame,
+        write_trajectory_plot,
+    )
+
+    if out is not None:
+        check_out(out, ["collapse.csv", "trajectory.csv"])
+    items = expand_checkpoints(checkpoints)
+    source = resolve_source(data, data_root=data_root, download=download, default_split="train")
+    shared, points, notes, from_cache = None, [], [], {}
+    for item in items:
+        ckpt = resolve_checkpoint(item, checkpoint_options)
+        shared = shared or RunInfo.new(ckpt, group=group)  # the trajectory's run id and time
+        run = point_run(ckpt, run_id=shared.run_id, timestamp=shared.timestamp, group=group)
+        table, _, point_notes, extract = measure_collapse(ckpt, source, run, layers=layers, device=device,
+                                                          batch_size=batch_size, cache_dir=cache_dir,
+                                                          use_cache=use_cache, progress=progress, report=report)
+        points.append((ckpt.name, ckpt.epoch, run, table))
+        notes.extend(point_notes)
+        from_cache[ckpt.name] = all(extract.from_cache.values())
+        del ckpt, extract  # one model in memory at a time
+    order, note = order_points([p[1] for p in points], [p[0] for p in points])
+    if note:
+        notes.append(note)
+        if report is not None:
+            report(note)
+    ordered = [points[i] for i in order]
+    collapse_rows = pd.concat([p[3] for p in ordered], ignore_index=True)
+    trajectory = pd.concat([trajectory_frame(p[3], p[2], step=k + 1) for k, p in enumerate(ordered)],
+                           ignore_index=True)
+    result = TrajectoryResult(run_id=shared.run_id, checkpoints=[p[0] for p in ordered],
+                              epochs=[p[1] for p in ordered], collapse=collapse_rows, trajectory=trajectory,
+                              from_cache=from_cache, notes=notes)
+    if out is not None:
+        result.out = write_tables(out, {"collapse.csv": collapse_rows, "trajectory.csv": trajectory})
+        if plot:
+            title = f"{', '.join(dict.fromkeys(trajectory['arch'].astype(str)))} on {source.name}"
+            result.plot_path = write_trajectory_plot(result.out, trajectory, f"{shared.run_id}.trajectory",
+                                                     title=title)
+    return result
+
+
+__all__ += ["TrajectoryResult", "collapse_trajectory"]
