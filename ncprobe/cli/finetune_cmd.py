@@ -69,9 +69,30 @@ Modes (--mode):
               help="Data-loading worker processes (only used for image folders).")
 @click.option("--limit-batches", type=click.IntRange(min=1), default=None, help="At most this many batches per epoch (smoke tests).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.option("--save-every", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Keep a copy of the checkpoint every K epochs: FILE.epochNNN.safetensors.")
+@click.option("--track", is_flag=True,
+              help="Collapse over training: after every --track-every epochs, NC1-NC4 of every probed layer on "
+                   "--track-data (and AUROCs on --track-ood) to trajectory.csv, with a figure of NC1 against epoch.")
+@click.option("--track-every", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+              help="Measure every K epochs (and after the last).")
+@click.option("--track-data", default=None, metavar="SPEC",
+              help="Labelled set to measure on. Default: a seeded subset of the training set, --data@n=N,seed=0.")
+@click.option("--track-n", type=click.IntRange(min=2), default=None, metavar="N",
+              help="Size of the default tracking subset [default: 1000, or the whole set if smaller].")
+@click.option("--track-ood", multiple=True, metavar="SPEC",
+              help="OOD set for tracked AUROCs (repeatable); ID = --val, else the tracking set itself.")
+@click.option("--track-scorers", default=None, metavar="NAMES",
+              help="Scorers for the tracked AUROCs, fitted on the tracking set [default: energy,mahalanobis].")
+@click.option("--track-layers", default=None, metavar="NAMES",
+              help="Probe points to track, as collapse --layers (default: the checkpoint's).")
+@click.option("--track-out", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Folder for trajectory.csv and FILE.trajectory.png (default: the folder of --out).")
+@click.option("--group", default=None, help="Tag stored with the tracking rows (e.g. a recipe name).")
 def command(checkpoint, arch, data, mode, out, epochs, optimizer, lr, weight_decay, momentum, batch_size,
             warmup_epochs, alpha, label_smoothing, projector_dim, l2_scale, learn_scale, no_flip, no_augment, val,
-            seed, resume, trust_pickle, data_root, device, workers, limit_batches, quiet):
+            seed, resume, trust_pickle, data_root, device, workers, limit_batches, quiet, save_every, track,
+            track_every, track_data, track_n, track_ood, track_scorers, track_layers, track_out, group):
     """Train --arch from scratch, or fine-tune CKPT, with a neural-collapse control.
 
     Give exactly one of CKPT and --arch. Schedule: linear warm-up then cosine decay, per step;
@@ -86,6 +107,9 @@ def command(checkpoint, arch, data, mode, out, epochs, optimizer, lr, weight_dec
       ncprobe finetune resnet20.th --data cifar10 --mode l2 --epochs 10 --out r20-l2.safetensors
       ncprobe finetune --arch small_cnn --data digits@classes=0-5 --mode etf --epochs 5 \\
           --no-flip --out digits.safetensors
+      ncprobe finetune --arch small_cnn --data digits@classes=0-5 --mode l2 --epochs 10 --no-flip \\
+          --track --save-every 1 --out runs/l2.safetensors   # runs/trajectory.csv, runs/l2.trajectory.png
+      ncprobe collapse 'runs/l2.epoch*.safetensors' --data digits:train@classes=0-5 --out runs/
     """
     from ..errors import NcprobeError
     from ..finetune.train import finetune
@@ -98,7 +122,9 @@ def command(checkpoint, arch, data, mode, out, epochs, optimizer, lr, weight_dec
         out=out, resume=resume, device=device, alpha=alpha, label_smoothing=label_smoothing,
         projector_dim=projector_dim, num_workers=workers, progress=not quiet, limit_batches=limit_batches,
         data_root=data_root, trust_pickle=trust_pickle, momentum=momentum, flip=not no_flip,
-        augment=not no_augment, l2_scale=l2_scale, learn_scale=learn_scale,
+        augment=not no_augment, l2_scale=l2_scale, learn_scale=learn_scale, save_every=save_every, track=track,
+        track_every=track_every, track_data=track_data, track_n=track_n, track_ood=list(track_ood),
+        track_scorers=track_scorers, track_layers=track_layers, track_out=track_out, group=group,
     )
     click.echo(f"checkpoint: {out}")
     if history:
@@ -107,3 +133,6 @@ def command(checkpoint, arch, data, mode, out, epochs, optimizer, lr, weight_dec
         if last.get("val_acc") is not None:
             line += f", val accuracy {last['val_acc']:.4f}"
         click.echo(line)
+    if track:
+        where = track_out if track_out is not None else Path(out).parent
+        click.echo(f"trajectory: {Path(where) / 'trajectory.csv'}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from ..models.ncprobe_format import _jsonable, build_model_from_meta, create_bas
 from ..progress import progress_bar
 from .augment import crop_padding, random_crop_flip
 from .losses import NCLoss, default_label_smoothing
+from .track import Tracker, epoch_path
 
 OPTIMIZERS = ("sgd", "adamw")
 # (lr from scratch, weight decay). Fine-tuning a checkpoint divides the learning rate by 10.
@@ -178,7 +180,10 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
              num_workers: int = 0, progress: bool = True, limit_batches: int | None = None,
              data_root=None, trust_pickle: bool = False, momentum: float = 0.9, flip: bool = True,
              augment: bool = True, l2_scale: float | None = None, learn_scale: bool = False,
-             input_size=None, amp: bool = True, stop_after: int | None = None, log=None):
+             input_size=None, amp: bool = True, stop_after: int | None = None, log=None, track: bool = False,
+             track_every: int = 1, track_data: str | None = None, track_n: int | None = None, track_ood=(),
+             track_scorers=None, track_out=None, track_layers=None, group: str | None = None,
+             save_every: int | None = None):
     """Train ``arch`` from scratch or fine-tune ``source_ckpt`` on ``data`` with NC control ``mode``.
 
     Modes: ``ce`` (baseline), ``l2`` (L2-normalized penultimate feature, Haas et al. 2023), ``etf``
@@ -193,8 +198,19 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
     Returns ``(model in eval mode, history)``, history = one dict per epoch with ``epoch``, ``loss``,
     ``train_acc`` (on the augmented batches), ``val_acc`` (None without ``val``), ``lr`` (of the epoch's
     last step) and ``seconds``.
+
+    ``save_every=k`` keeps a copy of the checkpoint every k epochs, ``<out stem>.epochNNN.safetensors``.
+    ``track=True`` measures collapse over training (:mod:`ncprobe.finetune.track`): after every
+    ``track_every``-th epoch and the last, the NC metrics of every probed layer (``track_layers``, as
+    ``collapse``'s ``layers``) on ``track_data`` (default: a seeded subset of ``track_n`` images of the
+    training set, 1000 or all, as a spec that ``ncprobe collapse --data`` accepts) and, with
+    ``track_ood`` sets, the AUROC of ``track_scorers`` (default energy, mahalanobis; fitted on the
+    tracking set) of the ID set (``val``, else the tracking set itself) against each; appended to
+    ``track_out/trajectory.csv`` (default: ``out``'s folder) under one run id, kept across ``resume``,
+    with the figure ``<out stem>.trajectory.png`` of NC1 against epoch. ``group`` tags those rows.
     """
     _check_args(source_ckpt, arch, mode, optimizer, epochs, batch_size, out)
+    _check_track_args(track, track_every, track_data, track_n, track_ood, track_out, save_every)
     if log is None:
         def log(msg):
             if progress:
@@ -217,11 +233,23 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
         raise DatasetError(f"validation set {val!r} has label {int(val_src.labels.max())} but the training set "
                            f"{data!r} has {_num_classes(train_src)} classes; validate on the same classes")
     state = _read_resume(rpath, config, resume, log)
+    tracker = None
+    if track:
+        tracker = Tracker.start(out=out, data=data, train_src=train_src, val_src=val_src,
+                                num_classes=_num_classes(train_src), every=track_every, epochs=epochs,
+                                track_data=track_data, track_n=track_n, track_ood=track_ood,
+                                track_scorers=track_scorers, track_out=track_out, layers=track_layers, group=group,
+                                device=dev, data_root=data_root, state=state, progress=progress,
+                                title=f"{out.stem} ({arch or source_ckpt}, {mode})", log=log)
     torch.manual_seed(seed)
     model, meta = _restore_or_build(state, rpath, source_ckpt, config, _num_classes(train_src), trust_pickle,
                                     input_size, log)
     run = _Run.start(model, meta, config, dev, amp, len(train_src), state, log, out)
+    run.save_every = save_every
+    run.extra_state = tracker.state() if tracker is not None else {}
     history = list(meta.get("history") or [])
+    if tracker is not None and run.start_epoch and tracker.due(run.start_epoch):
+        _track(tracker, out, run.start_epoch, save_every, log)  # rows an interruption lost
     det_before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     if dev.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -233,10 +261,35 @@ def finetune(source_ckpt: str | Path | None = None, *, arch: str | None = None, 
             totals = _train_epoch(run, train_src, epoch, config, num_workers, progress)
             rec = _end_epoch(run, epoch, t0, totals, val_src, config, history, out, rpath, log)
             history.append(rec)
+            if tracker is not None and tracker.due(epoch + 1):
+                _track(tracker, out, epoch + 1, save_every, log)
     finally:
         torch.use_deterministic_algorithms(det_before[0], warn_only=det_before[1])
     model.eval()
     return model, history
+
+
+def _check_track_args(track, track_every, track_data, track_n, track_ood, track_out, save_every) -> None:
+    """The tracking and ``save_every`` settings make sense together (before anything is loaded)."""
+    if save_every is not None and int(save_every) < 1:
+        raise NcprobeError(f"--save-every must be at least 1, got {save_every}")
+    if not track:
+        given = [flag for flag, value in (("--track-data", track_data), ("--track-n", track_n),
+                                          ("--track-ood", track_ood), ("--track-out", track_out)) if value]
+        if given:
+            raise NcprobeError(f"{given[0]} only applies with --track; add --track or drop it")
+        return
+    if int(track_every) < 1:
+        raise NcprobeError(f"--track-every must be at least 1, got {track_every}")
+
+
+def _track(tracker: Tracker, out: Path, epoch: int, save_every, log) -> None:
+    """Measure epoch ``epoch``: its ``save_every`` copy when there is one (so the rows name that file),
+    else ``out``."""
+    kept = epoch_path(out, epoch)
+    path = kept if save_every and epoch % int(save_every) == 0 and kept.exists() else out
+    if tracker.measure(path, epoch, log) is None:
+        log(f"note: {path.name} is no longer the checkpoint of epoch {epoch}; its tracking rows are missing")
 
 
 def _configure(source_ckpt, *, arch, data, val, mode, epochs, lr, optimizer, momentum, batch_size, weight_decay,
@@ -335,6 +388,8 @@ class _Run:
     steps: int
     drop_last: bool
     start_epoch: int = 0
+    save_every: int | None = None
+    extra_state: dict | None = None  # kept in the resume state (the tracking run id)
 
     @classmethod
     def start(cls, model, meta, config, dev, amp, n_train: int, state, log, out: Path) -> _Run:
@@ -425,14 +480,28 @@ def _end_epoch(run: _Run, epoch: int, t0: float, totals: dict, val_src, config: 
            "val_acc": val_acc, "lr": totals["last_lr"], "seconds": time.perf_counter() - t0}
     run.meta["history"] = [*history, rec]
     save_checkpoint(out, run.model, run.meta)
-    _save_resume(rpath, run.model, run.opt, run.sched, run.scaler, run.meta, epoch + 1, run.dev)
+    if run.save_every and (epoch + 1) % int(run.save_every) == 0:
+        _keep_copy(out, epoch_path(out, epoch + 1))
+    _save_resume(rpath, run.model, run.opt, run.sched, run.scaler, run.meta, epoch + 1, run.dev, run.extra_state)
     log(f"epoch {epoch + 1}/{config['epochs']}: loss {rec['loss']:.4f}, train acc {rec['train_acc']:.4f}"
         + ("" if val_acc is None else f", val acc {val_acc:.4f}")
         + f", lr {rec['lr']:.3g}, {rec['seconds']:.1f}s")
     return rec
 
 
-def _save_resume(path: Path, model, opt, sched, scaler, meta, epoch: int, dev) -> None:
+def _keep_copy(src: Path, dst: Path) -> None:
+    """A byte-for-byte copy of the checkpoint ``src`` at ``dst``, via a temporary name (never half a file)."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise NcprobeError(f"cannot keep the epoch checkpoint {dst} ({exc.strerror or exc}); free space or "
+                           "choose another --out folder") from None
+
+
+def _save_resume(path: Path, model, opt, sched, scaler, meta, epoch: int, dev, extra: dict | None = None) -> None:
     """Tensors and plain containers only, so ``torch.load(weights_only=True)`` reads it."""
     state = {
         "version": RESUME_VERSION,
@@ -444,6 +513,7 @@ def _save_resume(path: Path, model, opt, sched, scaler, meta, epoch: int, dev) -
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else [],
+        **(extra or {}),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)

@@ -27,6 +27,11 @@ COLLAPSE_COLUMNS = ["checkpoint", "checkpoint_sha256", "arch", "data", "layer", 
 #: transfer.csv: one row per (transfer set, layer)
 TRANSFER_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "transfer", "layer",
                     "layer_index", "dim", "transfer_acc", "n_train", "n_test", "transfer_classes", "seed", "group"]
+#: trajectory.csv: one row per (checkpoint or tracked epoch, layer, metric); ``metric`` is an NC column
+#: (nc1, ...) or ``auroc`` (then ``scorer`` and ``ood`` say which); ``step`` is the position in the trajectory
+TRAJECTORY_COLUMNS = ["run_id", "timestamp", "checkpoint", "checkpoint_sha256", "arch", "mode", "recipe", "group",
+                      "seed", "data", "epoch", "step", "layer", "layer_index", "metric", "scorer", "ood", "value", "n",
+                      "mean", "std", "norm_origin", "ncprobe_version"]
 #: correlation.csv: one row per correlated quantity (NC1 vs a scorer's FPR95, NC1 vs transfer error)
 CORRELATION_COLUMNS = ["x", "y", "n_layers", "pearson_r", "pearson_p", "spearman_rho", "spearman_p", "run_id",
                        "checkpoint", "arch", "mode", "group"]
