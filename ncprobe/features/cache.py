@@ -7,6 +7,10 @@ the dataset's content fingerprint, the preprocessing (input size, mean, std, mix
 probe points and the reduction. A changed checkpoint, architecture file, dataset or transform
 therefore never reuses stale features.
 
+Entries are per layer (:func:`layer_key`): a run that asks for some of the cached layers reads only
+those, and one that asks for more runs the network for the new layers only. Entries of older
+formats are never matched (their keys differ) and are rebuilt on first use.
+
 An entry is a zip of stored (uncompressed) members: ``info.json``, ``labels.npy``, ``f<i>.npy`` and
 ``digest`` (a sha256 over all the others). Reading it checks every zip CRC, every array's declared
 size against its member before allocating, and the digest, so a load returns exactly what was saved
@@ -39,7 +43,8 @@ import numpy as np
 
 from .featureset import FeatureSet
 
-FORMAT_VERSION = 2
+#: 3: one entry per (set, layer), so a run on a subset or superset of cached layers reuses them
+FORMAT_VERSION = 3
 
 #: age (seconds) after which a temporary left in the cache directory is taken for a killed run's
 TEMP_MAX_AGE = 3600.0
@@ -78,6 +83,18 @@ def cache_key(checkpoint_id: str, dataset_fingerprint: str, preprocess: dict, la
         "reduction": reduction,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def set_key(checkpoint_id: str, dataset_fingerprint: str, preprocess: dict, reduction: str,
+            architecture: dict | None = None) -> str:
+    """The key of one dataset's features under one checkpoint, architecture and preprocessing, for
+    every layer: each layer's entry is filed under :func:`layer_key` of it."""
+    return cache_key(checkpoint_id, dataset_fingerprint, preprocess, [], reduction, architecture=architecture)
+
+
+def layer_key(set_key_: str, layer: str) -> str:
+    """32 hex digits: the entry of one probe point's features (``layer``) within a :func:`set_key`."""
+    return hashlib.sha256(f"{set_key_}|layer|{layer}".encode()).hexdigest()[:32]
 
 
 def _path(cache_dir: Path, key: str) -> Path:

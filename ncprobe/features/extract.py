@@ -20,7 +20,7 @@ import time
 import types
 import warnings
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -319,14 +319,20 @@ class _Job:
     """One checkpoint's pending extraction of one source: what to probe and where to cache it."""
 
     ckpt: LoadedCheckpoint
-    names: list[str]
+    names: list[str]  # the probe points the forward pass must capture (those not cached)
     every_module: bool
-    key: str | None = None
-    state: object = None
+    base: str | None = None  # the set's cache key (None: no cache)
+    cached: dict = field(default_factory=dict)  # layer -> (features, order) read from the cache
+    unreadable: set = field(default_factory=set)  # layers whose entry we may not read: never overwritten
+
+
+#: the cache entry of an every-module (``--layers all``) run that lists the modules which gave a tensor
+_KEPT = "#kept"
 
 
 def _plan(ckpt, source, layers, *, dev, use_amp, tokens, use_cache, cache_dir):
-    """(cached FeatureSet or None, the pending job, whether the cache may be used, cache dir)."""
+    """(cached FeatureSet or None, the pending job, cache dir). With the cache, every requested layer
+    found there is read (per-layer entries) and only the others are left for the forward pass."""
     names = resolve_layers(ckpt.model, ckpt.head_name, ckpt.probe_layers, layers)
     if not ckpt.hookable:  # e.g. a TorchScript archive: no forward hooks
         if layers not in (None, []):
@@ -343,14 +349,99 @@ def _plan(ckpt, source, layers, *, dev, use_amp, tokens, use_cache, cache_dir):
             warnings.warn(f"cannot tell what code computes {ckpt.name}'s features ({type(exc).__name__}); "
                           f"not using the feature cache", stacklevel=3)
             use_cache = False
-    if use_cache:
-        job.key = feature_cache.cache_key(checkpoint_id(ckpt), source.fingerprint, preprocess_desc, names,
-                                          f"pool:{tokens}", architecture=arch_desc)
-        cache_dir = feature_cache.default_cache_dir() if cache_dir is None else cache_dir
-        cached, job.state = feature_cache.lookup(cache_dir, job.key, source.name)
-        if cached is not None:
-            return cached, job, cache_dir
+    if not use_cache:
+        return None, job, cache_dir
+    cache_dir = feature_cache.default_cache_dir() if cache_dir is None else cache_dir
+    job.base = feature_cache.set_key(checkpoint_id(ckpt), source.fingerprint, preprocess_desc, f"pool:{tokens}",
+                                     architecture=arch_desc)
+    wanted = names
+    if job.every_module:
+        marker, _ = feature_cache.lookup(cache_dir, feature_cache.layer_key(job.base, _KEPT), source.name)
+        kept = (marker.meta.get("kept") if marker is not None else None) or None
+        if isinstance(kept, list) and set(kept) <= set(names):
+            wanted = kept
+    labels = None
+    for name in wanted:
+        fs, state = feature_cache.lookup(cache_dir, feature_cache.layer_key(job.base, name), source.name)
+        ok = (fs is not None and fs.layers == [name] and len(fs) == len(source)
+              and isinstance(fs.meta.get("order"), int) and (labels is None or np.array_equal(fs.labels, labels)))
+        if ok:
+            labels = fs.labels
+            job.cached[name] = (fs[name], fs.meta["order"], fs.meta)
+        elif state == feature_cache.UNREADABLE:
+            job.unreadable.add(name)
+    if len(job.cached) == len(wanted):
+        return _assemble(source.name, job.cached, labels, from_cache=True), job, cache_dir
+    job.names = [n for n in wanted if n not in job.cached]
     return None, job, cache_dir
+
+
+def _assemble(name: str, parts: dict, labels, *, from_cache: bool, seconds: float = 0.0, meta=None) -> FeatureSet:
+    """A FeatureSet from layer -> (array, order, ...), its layers in forward (firing) order."""
+    layers = sorted(parts, key=lambda layer: parts[layer][1])
+    first_meta = next(iter(parts.values()))[2] if parts else {}
+    meta = dict(meta if meta is not None else {k: v for k, v in first_meta.items() if k != "order"})
+    return FeatureSet(name=name, layers=layers, features={k: parts[k][0] for k in layers}, labels=labels,
+                      from_cache=from_cache, seconds=seconds, meta=meta)
+
+
+def firing_order(ckpt: LoadedCheckpoint) -> dict[str, int]:
+    """Every probe point's position in the order a forward pass produces them (modules by the end of
+    their forward, ``penultimate`` when the classifier is entered, ``logits`` last), from one forward
+    pass of two blank images with a hook on every module. Cached layers are sorted by it, so that a
+    set assembled from entries of different runs has the layer order of one fresh extraction."""
+    model = ckpt.model
+    order: dict[str, int] = {}
+    if not ckpt.hookable:
+        return {LOGITS: 0}
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros((2, *tuple(int(v) for v in ckpt.input_size)), device=device)
+
+    def seen(name):
+        def hook(*_):
+            order.setdefault(name, len(order))
+
+        return hook
+
+    was = model.training
+    model.eval()
+    try:
+        with ExitStack() as stack, torch.inference_mode():
+            for name, module in model.named_modules():
+                if name:
+                    stack.callback(module.register_forward_hook(seen(name)).remove)
+            stack.callback(ckpt.head.register_forward_pre_hook(seen(PENULTIMATE)).remove)
+            model(x)
+    except Exception:  # noqa: BLE001 - an odd model: fall back to the order of one extraction
+        return {}
+    finally:
+        model.train(was)
+    order[LOGITS] = len(order)
+    return order
+
+
+def _finish(job: _Job, fs: FeatureSet, source, where) -> FeatureSet:
+    """Merge a forward pass's layers with the job's cached ones and file the new ones in the cache."""
+    if job.base is None:
+        return fs
+    global_order = firing_order(job.ckpt)
+    fallback = len(global_order)
+    parts = dict(job.cached)
+    for i, layer in enumerate(fs.layers):
+        parts[layer] = (fs[layer], global_order.get(layer, fallback + i), fs.meta)
+    for layer in fs.layers:
+        if layer in job.unreadable:  # never overwrite an entry we may not read
+            continue
+        one = FeatureSet(name=fs.name, layers=[layer], features={layer: fs[layer]}, labels=fs.labels,
+                         meta={**fs.meta, "order": int(parts[layer][1])})
+        feature_cache.save(where, feature_cache.layer_key(job.base, layer), one)
+    merged = _assemble(fs.name, parts, fs.labels, from_cache=False, seconds=fs.seconds,
+                       meta={**fs.meta, "cached_layers": sorted(job.cached)})
+    if job.every_module:
+        marker = FeatureSet(name=fs.name, layers=[], features={}, labels=fs.labels, meta={"kept": merged.layers})
+        feature_cache.save(where, feature_cache.layer_key(job.base, _KEPT), marker)
+    return merged
 
 
 def extract_features(
@@ -422,9 +513,7 @@ def extract_many(
         feature_sets = _forward(group, source, dev, batch_size, progress, workers, use_amp, tokens, size)
         for (i, job), fs in zip(group, feature_sets, strict=True):
             fs.meta = {"dataset": source.spec, "checkpoint": job.ckpt.name, "seconds": fs.seconds}
-            if job.key is not None and job.state != feature_cache.UNREADABLE:  # never overwrite an entry we may not read
-                feature_cache.save(where, job.key, fs)
-            results[i] = fs
+            results[i] = _finish(job, fs, source, where)
     return results  # type: ignore[return-value]
 
 
