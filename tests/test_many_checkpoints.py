@@ -104,8 +104,10 @@ def test_same_checkpoint_twice_and_empty_glob_are_one_line_errors(tmp_path, sets
     (p,) = _ckpts(tmp_path, n=1)
     base = ["--id", sets["id"], "--ood", sets["ood"], "--fit", sets["fit"], "--arch", "small_cnn", "-q",
             "--out", str(tmp_path / "runs")]
-    code, text = _main(["layers", str(p), str(p), *base], capsys)
+    twin = tmp_path / "twin.pt"
+    twin.write_bytes(p.read_bytes())  # the same weights under another name
+    code, text = _main(["layers", str(p), str(twin), *base], capsys)
     assert code == 2 and "given twice" in text and "Traceback" not in text and len(text.strip().splitlines()) == 1
     code, text = _main(["layers", str(tmp_path / "nothing*.pt"), *base], capsys)
-    assert code == 2 and "matches no file" in text
+    assert code == 2 and "no checkpoint file matches" in text
     assert not (tmp_path / "runs").exists()

@@ -10,7 +10,6 @@ import click
 from .options import (
     checkpoint_options,
     ensure_writable_dir,
-    expand_checkpoints,
     run_options,
     scorers_option,
 )
@@ -75,6 +74,8 @@ def command(preset, checkpoints, sets, full_spectrum, tune, scorers, layers, sco
 
     started = time.perf_counter()
     out_dir = ensure_writable_dir(out)
+    from ..jobs.trajectory import expand_checkpoints
+
     paths = expand_checkpoints(checkpoints)
     result = bench(preset, paths, sets=list(sets), full_spectrum=full_spectrum, tune=tune, scorers=scorers,
                    layers=layers, out=out_dir, group=group, checkpoint_options=checkpoint_options,

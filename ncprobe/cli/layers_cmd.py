@@ -11,7 +11,6 @@ from .options import (
     cache_note,
     checkpoint_options,
     ensure_writable_dir,
-    expand_checkpoints,
     run_options,
     scorers_option,
 )
@@ -70,6 +69,8 @@ def command(checkpoints, id_spec, ood_specs, fit_spec, fit_split, scorers, layer
 
     started = time.perf_counter()
     out_dir = ensure_writable_dir(out)
+    from ..jobs.trajectory import expand_checkpoints
+
     paths = expand_checkpoints(checkpoints)
     params = list(scorer_params) + ([f"knn.k={knn_k}"] if knn_k else [])
     results = layers_many(paths, id_spec, list(ood_specs), fit_spec, scorers=scorers, layers=layers, out=out_dir,

@@ -8,7 +8,7 @@ import click
 
 
 @click.command(name="leaderboard")
-@click.argument("csv", metavar="OOD_CSV", type=click.Path(path_type=Path))
+@click.argument("csv", metavar="OOD_CSV|TRAJECTORY_CSV", type=click.Path(path_type=Path))
 @click.option("--layer", default="best", show_default=True, metavar="best|penultimate|NAME",
               help="Which layer's scores rank a run: its best layer per scorer, the classifier input, or a name.")
 @click.option("--scorer", "scorers", multiple=True, metavar="NAME", help="Only these scorers (repeatable).")
@@ -17,7 +17,13 @@ import click
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table", show_default=True)
 @click.option("--top", type=click.IntRange(min=1), default=None, help="Show only the first N rows.")
 @click.option("--per-set", is_flag=True, help="One AUROC column per OOD set, auroc[SET], beside the means.")
-def command(csv, layer, scorers, group_by, fmt, top, per_set):
+@click.option("--below", type=float, default=None, metavar="VALUE",
+              help="Compare training curves (a trajectory.csv from finetune --track or collapse CKPT...): the first "
+                   "epoch at which --metric at --layer drops below VALUE, per recipe (mean, std over seeds).")
+@click.option("--metric", default="nc1", show_default=True, help="With --below: the trajectory's metric (nc1, nc2_etf, ...).")
+@click.option("--by", "curve_by", default="recipe", show_default=True, metavar="COLS",
+              help="With --below: the columns that name a curve family, e.g. recipe, group or mode.")
+def command(csv, layer, scorers, group_by, fmt, top, per_set, below, metric, curve_by):
     """Rank checkpoints x scorers by AUROC averaged over the OOD sets.
 
     Runs tagged with the same --group (e.g. seeds of one recipe) are pooled: mean, std and the
@@ -30,6 +36,10 @@ def command(csv, layer, scorers, group_by, fmt, top, per_set):
     """
     from ..report.leaderboard import leaderboard, legend, read_run_tables
     from ..report.tables import render
+
+    if below is not None or _is_trajectory(csv):
+        _curves(csv, below, metric, "penultimate" if layer == "best" else layer, curve_by, fmt)
+        return
 
     # ood.csv and the collapse.csv beside it, read together under the folder's lock; problems with
     # ood.csv are one-line errors, a collapse.csv that cannot give NC1 is a one-line warning
@@ -52,3 +62,37 @@ def command(csv, layer, scorers, group_by, fmt, top, per_set):
         if shared is not None:
             click.echo(f"  {'OOD sets':<16} every mean covers: {shared}")
         click.echo(legend(board.columns))
+
+
+def _is_trajectory(path: Path) -> bool:
+    path = path / "trajectory.csv" if path.is_dir() and not (path / "ood.csv").exists() else path
+    return path.name == "trajectory.csv" or path.name.endswith(".trajectory.csv")
+
+
+def _curves(path: Path, below, metric: str, layer: str, by: str, fmt: str) -> None:
+    """The first epoch at which each recipe's curve crosses ``below`` (a trajectory.csv)."""
+    from ..errors import NcprobeError
+    from ..report.csvlog import os_error, parse_table, snapshot
+    from ..report.trajectory import first_epoch_table
+
+    path = path / "trajectory.csv" if path.is_dir() else path
+    if below is None:
+        raise NcprobeError(f"{path} is a trajectory table; give --below VALUE (e.g. --below 0.5) to compare the "
+                           "epochs at which each recipe's curve gets there")
+    try:
+        data = snapshot(path.parent, [path.name])[path.name]
+    except OSError as exc:
+        raise os_error(path, exc, reading=True) from exc
+    if data is None:
+        raise NcprobeError(f"{path} does not exist; pass the trajectory.csv of `ncprobe finetune --track` or of "
+                           "`ncprobe collapse CKPT...`")
+    table = parse_table(data, path, hint="pass a trajectory.csv written by ncprobe")
+    missing = {"epoch", "layer", "metric", "value", "run_id"} - set(table.columns)
+    if missing:
+        raise NcprobeError(f"{path} lacks the columns {', '.join(sorted(missing))}; --below needs a trajectory.csv "
+                           "(from finetune --track or collapse CKPT...)")
+    keys = [k.strip() for k in by.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in table.columns]
+    if unknown:
+        raise NcprobeError(f"--by {', '.join(unknown)}: not a column of {path} ({', '.join(table.columns)})")
+    click.echo(first_epoch_table(table, below, metric=metric, layer=layer, by=keys, fmt=fmt))

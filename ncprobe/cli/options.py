@@ -55,31 +55,6 @@ def run_options(fn):
     return wrapper
 
 
-GLOB_CHARS = set("*?[")
-
-
-def expand_checkpoints(args) -> list[str]:
-    """CKPT arguments with globs expanded (sorted, for a shell that left them quoted); a glob that
-    matches no file is a one-line error. Names that are not files (registry names, ``timm:NAME``)
-    pass through unchanged."""
-    import glob
-
-    from ..errors import ParameterError
-
-    out: list[str] = []
-    for arg in args:
-        if GLOB_CHARS & set(arg) and not Path(arg).exists():
-            found = sorted(glob.glob(str(Path(arg).expanduser())))
-            if not found:
-                raise ParameterError(f"the checkpoint pattern {arg!r} matches no file; check the path and the pattern")
-            out.extend(found)
-        else:
-            out.append(arg)
-    if not out:
-        raise ParameterError("no checkpoint given; pass at least one CKPT")
-    return out
-
-
 def ensure_writable_dir(path: Path) -> Path:
     """``--out`` checked before any work (see :func:`ncprobe.jobs.write.check_out`); creates nothing."""
     from ..jobs.write import check_out
