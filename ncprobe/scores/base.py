@@ -57,6 +57,13 @@ class Scorer:
     execution_params: tuple = ()
     #: parameter -> fitted attribute holding its resolved value (e.g. ViM's dim=None -> dim_principal_)
     resolved_params: dict = {}
+    #: parameters left out of the ``params`` column and the README's defaults while they do not change
+    #: the result (knn's exact search on the whole fit set, gda without a dimension cap); once fitted,
+    #: ``_extra_params`` adds the ones that did (e.g. ``fit_fraction=0.01,seed=0``)
+    optional_params: tuple = ()
+    #: True: fit reads float32/float64 rows as given, without a full ``_dtype`` copy of the fit matrix
+    #: (the scorer converts one block at a time: O(block) instead of O(N d) extra memory)
+    _fit_in_blocks: bool = False
     #: rows scored per batch; None: about ``batch_values`` values per batch (bounded memory)
     batch_size: int | None = None
     batch_values: int = 1 << 21
@@ -85,14 +92,22 @@ class Scorer:
         """The hyper-parameters that decide the scores, with defaults resolved once fitted."""
         out = {}
         for key, value in self.get_params().items():
-            if key in self.execution_params:
+            if key in self.execution_params or key in self.optional_params:
                 continue
             attr = self.resolved_params.get(key)
             out[key] = getattr(self, attr, value) if (attr and self._fitted) else value
+        if self._fitted:
+            out.update(self._extra_params())
         return out
 
+    def _extra_params(self) -> dict:
+        """The ``optional_params`` (resolved) that changed this fit's result; {} by default."""
+        return {}
+
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()
+                           if not (k in self.optional_params and v == defaults.get(k)))
         return f"{type(self).__name__}({params})"
 
     # -------------------------------------------------------------- fit / score
@@ -105,7 +120,10 @@ class Scorer:
     def _fit_checked(self, features, labels, head, stats) -> None:
         x = None
         if features is not None or stats is None or not self._can_use_stats():
-            x = check_matrix(features, f"fit {self.input}", dtype=self._dtype)
+            dtype = self._dtype
+            if self._fit_in_blocks and getattr(features, "dtype", None) in (np.float32, np.float64):
+                dtype = None  # keep the rows as they are (e.g. a float32 memmap); converted per block
+            x = check_matrix(features, f"fit {self.input}", dtype=dtype)
         y = None
         if (
             self.needs_labels

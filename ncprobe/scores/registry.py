@@ -120,7 +120,8 @@ def scorer_table() -> str:
         what = "logits" if cls.input == "logits" else ("penultimate + head" if cls.needs_head else "any layer")
         if cls.needs_labels:
             what += ", labels"
-        defaults = params_string({k: v for k, v in scorer.get_params().items() if k not in cls.execution_params})
+        defaults = params_string({k: v for k, v in scorer.get_params().items()
+                                  if k not in cls.execution_params and k not in cls.optional_params})
         rows.append(f"| `{name}` | {cls.paper} | {what} | {defaults or '-'} | {grid_text(cls.grid)} | "
                     f"{'yes' if cls.default else ''} |")
     return "\n".join(rows)

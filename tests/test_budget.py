@@ -1,0 +1,68 @@
+"""The memory budget: parsing sizes, where the budget comes from, the one-line refusal."""
+
+from __future__ import annotations
+
+import pytest
+
+import ncprobe.budget as budget
+from ncprobe.errors import NcprobeError
+
+
+@pytest.mark.parametrize("text,want", [
+    ("8G", 8 * 2**30), ("512M", 512 * 2**20), ("1.5GiB", int(1.5 * 2**30)), ("64k", 64 * 1024),
+    ("2TB", 2 * 2**40), ("1000", 1000), (4096, 4096), (" 3 g ", 3 * 2**30),
+])
+def test_parse_bytes(text, want):
+    assert budget.parse_bytes(text) == want
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "8X", "-1G", "0", True, "1e"])
+def test_parse_bytes_refuses_in_one_line(bad):
+    with pytest.raises(NcprobeError) as err:
+        budget.parse_bytes(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_format_bytes_binary_units():
+    assert budget.format_bytes(512) == "512 B"
+    assert budget.format_bytes(3 * 2**20 // 2) == f"{1.5:.1f} MiB"
+    assert budget.format_bytes(1000 * 2048**2 * 8) == f"{1000 * 2048**2 * 8 / 2**30:.1f} GiB"
+
+
+def test_budget_sources_in_order(monkeypatch):
+    monkeypatch.delenv(budget.ENV_VAR, raising=False)
+    monkeypatch.setattr(budget, "available_memory", lambda: 10_000_001)
+    assert budget.memory_budget() == 10_000_001 // 2
+    assert budget.memory_budget_source() == "half the available memory"
+    monkeypatch.setenv(budget.ENV_VAR, "3M")
+    assert budget.memory_budget() == 3 * 2**20
+    with budget.using_memory_budget("1K"):
+        assert budget.memory_budget() == 1024
+        assert budget.memory_budget_source() == "set for this run"
+    assert budget.memory_budget() == 3 * 2**20  # restored
+    budget.set_memory_budget(2048)
+    try:
+        assert budget.memory_budget() == 2048
+    finally:
+        budget.set_memory_budget(None)
+    monkeypatch.setenv(budget.ENV_VAR, "plenty")
+    with pytest.raises(NcprobeError, match=budget.ENV_VAR):
+        budget.memory_budget()
+
+
+def test_available_memory_is_positive_and_at_most_physical():
+    import os
+
+    avail = budget.available_memory()
+    assert avail > 0
+    if hasattr(os, "sysconf"):
+        assert avail <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_check_memory_one_line():
+    with budget.using_memory_budget("1M"):
+        budget.check_memory(2**20, "x", "y")  # exactly the budget: fine
+        with pytest.raises(NcprobeError) as err:
+            budget.check_memory(2**20 + 1, "the thing", "use less")
+    msg = str(err.value)
+    assert "\n" not in msg and "the thing" in msg and "use less" in msg and "1.0 MiB" in msg
