@@ -69,6 +69,7 @@ def describe(ckpt: LoadedCheckpoint, *, shapes: bool = True) -> dict[str, Any]:
         "input_size": list(ckpt.input_size),
         "mean": list(ckpt.mean),
         "std": list(ckpt.std),
+        "preprocessing": ckpt.preprocessing.describe(),
         "head": ckpt.head_name,
         "head_module": head_desc,
         "sha256": ckpt.sha256,

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.transforms import Preprocessing
+
 
 @dataclass
 class LoadedCheckpoint:
@@ -19,7 +21,9 @@ class LoadedCheckpoint:
     ``origin`` maps each fact (``arch``, ``num_classes``, ``mean``, ``std``, ``input_size``, ...) to
     where it came from: ``registry`` (checkpoints.yaml matched by sha256 or name), ``file`` (metadata
     stored in the checkpoint), ``inferred`` (from state_dict keys and shapes), ``flag`` (the user
-    said so) or ``default``.
+    said so), ``model-config`` (the pretrained configuration of the architecture: timm's
+    ``pretrained_cfg``, torchvision's ``weights.transforms()``) or ``default``.
+    ``origin["preprocessing"]`` says where :attr:`preprocessing` came from.
     """
 
     model: nn.Module
@@ -39,6 +43,9 @@ class LoadedCheckpoint:
     hookable: bool = True
     #: the fine-tuning recipe stored in an ncprobe checkpoint (mode, head, config, history), else None
     recipe: dict[str, Any] | None = None
+    #: the evaluation transform of image files as the model's configuration states it (for its own
+    #: input size), or None for ncprobe's default; read it through :attr:`preprocessing`
+    preprocessing_config: Preprocessing | None = None
     _fingerprint: str | None = field(default=None, repr=False)
 
     @property
@@ -64,6 +71,16 @@ class LoadedCheckpoint:
         """How many epochs an ncprobe checkpoint was trained for (its stored history), else None."""
         history = (self.recipe or {}).get("history")
         return len(history) if history else None
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How images decoded from files are brought to :attr:`input_size` (resize, interpolation,
+        centre crop): the model's configured transform, its resize following ``crop_pct`` when the
+        input size was changed (a flag, calibration); ncprobe's default when nothing configured it."""
+        crop = tuple(self.input_size[-2:])
+        if self.preprocessing_config is None:
+            return Preprocessing(crop=crop)
+        return self.preprocessing_config.at(crop)
 
     @property
     def weights_fingerprint(self) -> str:

@@ -2,8 +2,14 @@
 
 Every fact (architecture, classes, input size, mean, std, head, probe layers) records where it
 came from. Precedence: ``flag`` (the caller said so) > ``file`` (metadata stored in the checkpoint)
-> ``registry`` (checkpoints.yaml, matched by sha256 or name) > ``inferred`` (from the state_dict's
-keys and shapes) > ``default`` (the architecture's defaults).
+> ``registry`` (checkpoints.yaml, matched by sha256 or name) > ``model-config`` (the pretrained
+configuration of a timm or torchvision architecture) > ``inferred`` (from the state_dict's keys and
+shapes) > ``default`` (the architecture's defaults).
+
+The preprocessing of image files (resize, interpolation, centre crop; ``origin["preprocessing"]``)
+comes from timm's ``pretrained_cfg`` (``timm:NAME``) or from torchvision's published weights
+(``tv:NAME``: those whose file hash matches the checkpoint's sha256, else the first release with
+the architecture's input size), origin ``model-config``; otherwise ncprobe's default.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.transforms import Preprocessing
 from ..errors import CheckpointError
-from ..models.external import timm_pretrained
+from ..models.external import timm_eval_config, timm_pretrained
+from ..models.families.torchvision_models import tv_eval_config
 from ..models.introspect import find_head, guess_input_size, probe_layers_for_model
 from ..models.ncprobe_format import build_model_from_meta, check_meta
 from ..models.registry import builtin_arch, get_arch, list_archs
@@ -37,7 +45,7 @@ from .loaded import LoadedCheckpoint, submodule
 from .scripted import eager_from_scripted
 from .state_dict import PROFILER_SUFFIXES, is_bn_counter
 
-RANK = {"flag": 5, "file": 4, "registry": 3, "inferred": 2, "default": 1}
+RANK = {"flag": 6, "file": 5, "registry": 4, "model-config": 3, "inferred": 2, "default": 1}
 _WHO = {"flag": "--arch", "file": "the file's metadata", "registry": "the checkpoint registry"}
 
 
@@ -261,6 +269,7 @@ def _from_timm_pretrained(model_name: str, source: str, facts: _Facts, entry: di
     facts.set("mean", parse_floats(cfg.get("mean"), "mean"), "file")
     facts.set("std", parse_floats(cfg.get("std"), "std"), "file")
     meta: dict[str, Any] = {"format": "timm-pretrained", "pretrained_cfg": spec.extra.get("pretrained_cfg", {})}
+    facts.set("preprocessing", preprocessing_from_config(timm_eval_config(cfg)), "model-config")
     if entry is not None:
         _registry_facts(facts, entry)
         meta["registry"] = dict(entry)
@@ -305,10 +314,11 @@ def _result(model: nn.Module, facts: _Facts, *, sha256: str, source: str, metada
         source=source,
         name=_text(facts.get("name")),
         probe_layers=list(facts.get("probe_layers") or []),
-        origin=origin,
+        origin={**origin, "preprocessing": origin.get("preprocessing", "default")},
         metadata=metadata,
         hookable=bool(metadata.get("hookable", True)),
         recipe=metadata.get("ncprobe"),
+        preprocessing_config=facts.get("preprocessing"),
     )
 
 
@@ -424,6 +434,7 @@ def load_checkpoint(
             raise _mismatch_error(path, spec, facts, m, sd)
         model = _instantiate(spec, m)
         _spec_facts(facts, spec, m)
+        _preprocessing_facts(facts, spec, sha)
         meta.update(stripped_prefixes=list(m.stripped), aliased_keys=m.aliased, duplicate_keys=list(m.duplicates))
         if spec.extra.get("channels_last_layers"):
             meta["channels_last_layers"] = list(spec.extra["channels_last_layers"])
@@ -448,6 +459,7 @@ def load_checkpoint(
             facts.set("arch", spec.name, "inferred")
             model = _instantiate(spec, inf.match)
             _spec_facts(facts, spec, inf.match)
+            _preprocessing_facts(facts, spec, sha)
             meta.update(stripped_prefixes=list(inf.match.stripped), aliased_keys=inf.match.aliased,
                         duplicate_keys=list(inf.match.duplicates))
             if spec.extra.get("channels_last_layers"):
@@ -486,6 +498,34 @@ def _spec_facts(facts: _Facts, spec: ArchSpec, m: Match) -> None:
     facts.set("input_size", tuple(spec.input_size), origin)
     facts.set("mean", tuple(spec.mean), "default")
     facts.set("std", tuple(spec.std), "default")
+
+
+def preprocessing_from_config(cfg: dict | None) -> Preprocessing | None:
+    """A :class:`Preprocessing` from the plain description of a timm or torchvision config (None when
+    there is none or it names something ncprobe does not apply, e.g. a random interpolation)."""
+    if not cfg:
+        return None
+    try:
+        kwargs = {"interpolation": cfg["interpolation"], "crop_mode": cfg.get("crop_mode", "center"),
+                  "fill": cfg.get("fill", (0, 0, 0)), "config": cfg.get("config", "")}
+        if cfg.get("resize") is not None:
+            return Preprocessing(crop=cfg["crop"], resize=cfg["resize"], crop_pct=cfg.get("crop_pct"), **kwargs)
+        if not cfg.get("crop_pct") or cfg["crop_pct"] <= 0:
+            return None
+        return Preprocessing.from_crop_pct(cfg["crop"], cfg["crop_pct"], **kwargs)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _preprocessing_facts(facts: _Facts, spec: ArchSpec, sha256: str) -> None:
+    """The evaluation transform of a timm or torchvision architecture's pretrained configuration."""
+    if spec.family == "timm":
+        cfg = timm_eval_config(dict(spec.extra.get("pretrained_cfg") or {}))
+    elif spec.name.startswith("tv:"):
+        cfg = tv_eval_config(spec.name, sha256)
+    else:
+        return
+    facts.set("preprocessing", preprocessing_from_config(cfg), "model-config")
 
 
 def _module_facts(facts: _Facts, model: nn.Module, path: Path, arch: str) -> None:

@@ -12,8 +12,10 @@ from .options import checkpoint_options
 
 _ORIGIN_HELP = (
     "origin: flag = given on the command line, file = stored in the checkpoint, registry = checkpoints.yaml "
-    "(matched by sha256 or name), inferred = from the weights' keys and shapes, calibrated = chosen on a labelled set, "
-    "default = the architecture's default"
+    "(matched by sha256 or name), model-config = the architecture's pretrained configuration (timm pretrained_cfg, "
+    "torchvision weights.transforms()), inferred = from the weights' keys and shapes, calibrated = chosen on a "
+    "labelled set, default = the architecture's default (for resize/crop: ncprobe's). resize, crop and "
+    "interpolation apply to image files (folders, image lists); in-memory arrays are resized on the device"
 )
 
 
@@ -36,6 +38,18 @@ def _file_line(info: dict) -> str:
     return ", ".join(parts)
 
 
+def _preprocessing_rows(prep: dict | None, origin: str) -> list[tuple[str, str, str]]:
+    """The resize, crop and interpolation rows (image files), and the configuration they came from."""
+    if not prep:
+        return []
+    text = prep["text"]
+    rows = [("resize", text["resize"], origin), ("crop", text["crop"], origin),
+            ("interpolation", prep["interpolation"], origin)]
+    if prep.get("config"):
+        rows.append(("preprocessing of", prep["config"], origin))
+    return rows
+
+
 def format_report(info: dict) -> str:
     origin = info["origin"]
     rows: list[tuple[str, str, str]] = [
@@ -47,6 +61,7 @@ def format_report(info: dict) -> str:
         ("input size", _dims(info["input_size"]), origin.get("input_size", "")),
         ("mean", _nums(info["mean"]), origin.get("mean", "")),
         ("std", _nums(info["std"]), origin.get("std", "")),
+        *_preprocessing_rows(info.get("preprocessing"), origin.get("preprocessing", "")),
         ("head", f"{info['head']} ({info['head_module']})", origin.get("head", "")),
         ("sha256", info["sha256"] or "-", origin.get("sha256", "")),
         ("format", _file_line(info), ""),

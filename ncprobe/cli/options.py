@@ -35,21 +35,24 @@ def checkpoint_options(fn):
 
 
 def run_options(fn):
-    """--data-root, --download, --device, --batch-size, --cache, --no-cache, --quiet."""
+    """--data-root, --download, --device, --batch-size, --workers, --cache, --no-cache, --quiet."""
 
     @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="Where torchvision-named datasets live (default: $NCPROBE_DATA or ~/.cache/ncprobe/data).")
     @click.option("--download", is_flag=True, help="Download torchvision-named datasets that are missing (needs a network).")
     @click.option("--device", default=None, metavar="DEV", help="cpu, cuda, cuda:N (default: CUDA when present, else CPU).")
     @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per forward pass.")
+    @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                  help="Worker processes decoding image files (folders, image lists) while the model runs; 0 = "
+                       "decode in the main process. In-memory sets (.npz, CIFAR, ...) need none.")
     @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="Feature cache directory (default: $NCPROBE_CACHE or ~/.cache/ncprobe/features).")
     @click.option("--no-cache", is_flag=True, help="Neither read nor write cached features.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
     @functools.wraps(fn)
-    def wrapper(*args, data_root, download, device, batch_size, cache_dir, no_cache, quiet, **kwargs):
+    def wrapper(*args, data_root, download, device, batch_size, workers, cache_dir, no_cache, quiet, **kwargs):
         opts = {"data_root": data_root, "download": download, "device": device, "batch_size": batch_size,
-                "cache_dir": cache_dir, "use_cache": not no_cache, "progress": not quiet}
+                "workers": workers, "cache_dir": cache_dir, "use_cache": not no_cache, "progress": not quiet}
         return fn(*args, run=opts, **kwargs)
 
     return wrapper

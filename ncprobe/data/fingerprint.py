@@ -3,7 +3,9 @@
 What a fingerprint covers: an ``.npz`` file under 64 MiB by the sha256 of its bytes (so a copied
 or moved file keeps its cache); a larger ``.npz`` file by its size, modification time, inode number
 and status-change time (ctime); image folders and torchvision directories by the sorted list of
-their files' relative paths, each with the same four stat fields (plus the class folder names).
+their files' relative paths, each with the same four stat fields (plus the class folder names);
+image lists (``.txt``) by the sha256 of the list file plus the resolved root and the same stat
+fields of every listed file.
 The ctime changes whenever a file is written, renamed, linked or has its times set, and unlike the
 modification time it cannot be set back by a user (``touch``/``os.utime`` update it), so a file
 rewritten with its size and mtime restored still gets a new fingerprint; a copy (new inode) gets

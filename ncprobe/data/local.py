@@ -21,6 +21,15 @@ file and rename it over the old one.
 
 Folder: class sub-folders (sorted by name, hidden ones skipped, empty ones kept so that ids stay
 aligned between a train and a test folder) give the labels; a flat folder of images is unlabelled.
+Within a class, images (in nested folders too) come in ``torchvision.datasets.ImageFolder``'s
+order: folders by their path as text, then files by name, both sorted as Python sorts strings. So
+a torchvision ``ImageFolder`` tree loads with the same classes, the same label of every index and
+the same order, except where ncprobe reads differently on purpose: hidden (``.name``) folders and
+files are skipped (torchvision counts a hidden folder such as ``.ipynb_checkpoints`` as a class and
+reads hidden images); ``.gif`` files are read (torchvision's ``IMG_EXTENSIONS`` leave them out);
+empty class folders are kept as classes (torchvision refuses them unless ``allow_empty=True``, and
+then agrees); a folder linked twice within one class is read once (torchvision reads it twice) and
+a link loop is skipped (torchvision's walk would not end).
 Symbolic links are followed, but every directory (by device and inode) is read once: a link back
 to a folder already read (a loop) is skipped, a class folder that is the folder itself, one of its
 parents or another class, and a folder reached from two classes are refused. Class folder names
@@ -427,8 +436,9 @@ def _scan(folder: Path) -> list[os.DirEntry]:
 
 
 def _images_under(folder: Path, owner: int, classes: list[str], seen: dict) -> list[Path]:
-    """Image files under a class folder, depth first in name order (as ``os.walk`` lists them); each
-    directory (device, inode) is read once, links back to a folder already read are skipped."""
+    """Image files under a class folder in torchvision's ``ImageFolder`` order (folders by path text,
+    then files by name); each directory (device, inode) is read once, links back to a folder already
+    read are skipped."""
     out: list[Path] = []
     stack = [folder]
     while stack:
@@ -455,6 +465,8 @@ def _images_under(folder: Path, owner: int, classes: list[str], seen: dict) -> l
                     )
                 # else: a loop, or a second link to a folder this class already holds: read it once
         stack.extend(reversed(subdirs))
+    # torchvision's order: sorted(os.walk(class folder)) -> folders by path text, then files by name
+    out.sort(key=lambda p: (str(p.parent), p.name))
     return out
 
 

@@ -5,8 +5,11 @@ Sources, in the order a spec's SOURCE is matched:
 1. a torchvision name (:data:`~ncprobe.data.tvsets.TV_SETS`; case, '-' and '_' ignored; aliases
    fmnist, textures -> dtd), read from ``data_root`` in torchvision's layout;
 2. ``digits``, ``noise`` (``noise:gaussian`` / ``noise:uniform``), ``patches``;
-3. a path: an ``.npz`` file or an image folder, relative to the working directory or else to
-   ``data_root``. (Write ``./mnist`` for a folder that shares a dataset's name.)
+3. a path: an ``.npz`` file, an image folder or an image list (a ``.txt`` file of ``path label``
+   lines, OpenOOD's ``benchmark_imglist`` format; see :mod:`ncprobe.data.imglist`), relative to the
+   working directory or else to ``data_root``. (Write ``./mnist`` for a folder that shares a
+   dataset's name.) An image list's paths are relative to its ``@root=DIR`` option (itself
+   relative to the working directory or else to ``data_root``), by default to the list's folder.
 
 Options are applied in this order: ``classes`` (keep those class ids; labels are not renumbered,
 and ``classes`` names are cut to ``max(kept) + 1`` so that ``num_classes`` covers them), then ``n``
@@ -32,6 +35,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from .fingerprint import LOADER_VERSION, digest, file_fingerprint, stat_fingerprint
+from .imglist import read_imglist
 from .limits import ENV_MAX_BYTES, check_budget, human, max_bytes, os_error, shown
 from .local import read_folder, read_npz
 from .source import DataSource
@@ -45,8 +49,8 @@ KNOWN_NAMES = tuple(TV_SETS) + SYNTHETIC
 _COMMON_OPTIONS = ("classes", "n", "seed")
 _GENERATED_OPTIONS = ("n", "seed", "size", "channels")
 _ACCEPTED = (
-    "accepted: a name ({names}), a .npz file, an image folder, digits, noise:gaussian, noise:uniform "
-    "or patches"
+    "accepted: a name ({names}), a .npz file, an image folder, a .txt image list, digits, noise:gaussian, "
+    "noise:uniform or patches"
 )
 
 
@@ -134,7 +138,27 @@ def _read_npz(key, split, opts, seed, root, download):
 
 def _read_folder(key, split, opts, seed, root, download):
     raw = read_folder(key)
-    return raw, digest("folder", stat_fingerprint(raw.files, key), *(raw.classes or [])), {"path": str(key)}
+    # "walk:sorted": the order of images in nested class folders is torchvision's (ncprobe.data.local)
+    fp = digest("folder", "walk:sorted", stat_fingerprint(raw.files, key), *(raw.classes or []))
+    return raw, fp, {"path": str(key)}
+
+
+def _list_root(opts, data_root: Path) -> Path | None:
+    """The ``root=`` option as a folder: as written (``~`` expanded), else under ``data_root``."""
+    if "root" not in opts:
+        return None
+    p = Path(str(opts["root"])).expanduser()
+    if p.is_absolute() or p.is_dir() or not (data_root / p).is_dir():
+        return p
+    return data_root / p
+
+
+def _read_imglist(key, split, opts, seed, root, download):
+    base = _list_root(opts, root)
+    raw = read_imglist(key, base)
+    where = (base if base is not None else Path(key).parent).resolve()
+    fp = digest("imglist", file_fingerprint(key), str(where), stat_fingerprint(raw.files, where))
+    return raw, fp, {"path": str(key), "root": str(where)}
 
 
 def _named_split(key, split, default_split: str) -> str:
@@ -158,6 +182,8 @@ KINDS: dict[str, SourceKind] = {
         SourceKind("npz", _COMMON_OPTIONS + ("unlabelled",), _no_split, _read_npz,
                    lambda key, split, d: shown(Path(key).stem), by_path=True),
         SourceKind("folder", _COMMON_OPTIONS, _no_split, _read_folder, _folder_name, by_path=True),
+        SourceKind("imglist", _COMMON_OPTIONS + ("root",), _no_split, _read_imglist,
+                   lambda key, split, d: shown(Path(key).stem), by_path=True),
     )
 }
 
@@ -173,7 +199,8 @@ def _root(data_root) -> Path:
 
 
 def _looks_like_path(source: str) -> bool:
-    return any(ch in source for ch in "/\\~") or source.lower().endswith(".npz") or source.startswith(".")
+    return (any(ch in source for ch in "/\\~") or source.lower().endswith((".npz", ".txt"))
+            or source.startswith("."))
 
 
 def _resolve(spec: DatasetSpec, root: Path) -> tuple[str, str | Path]:
@@ -192,10 +219,12 @@ def _resolve(spec: DatasetSpec, root: Path) -> tuple[str, str | Path]:
         if c.is_dir():
             return "folder", c
         if c.is_file():
+            if c.suffix.lower() == ".txt":
+                return "imglist", c
             if c.suffix.lower() != ".npz":
                 raise DatasetError(
-                    f"cannot load {c}: ncprobe reads .npz files (x, y arrays) and image folders; "
-                    "convert it with numpy.savez(x=..., y=...)"
+                    f"cannot load {c}: ncprobe reads .npz files (x, y arrays), image folders and .txt image "
+                    "lists ('path label' lines); convert it with numpy.savez(x=..., y=...)"
                 )
             return "npz", c
     names = ", ".join(KNOWN_NAMES)
@@ -302,7 +331,7 @@ def _load(parsed: DatasetSpec, root: Path, download: bool, default_split: str) -
     canonical = parsed.with_(source=str(key) if kind.by_path else key, split=split)
     name = parsed.name
     if not name:
-        opts_text = parsed.options_string()
+        opts_text = parsed.options_string(keys=[k for k in parsed.options if k != "root"])
         base = kind.display(key, split, default_split)
         name = f"{base}@{opts_text}" if opts_text else base
     return DataSource(
@@ -319,7 +348,7 @@ def _load(parsed: DatasetSpec, root: Path, download: bool, default_split: str) -
 
 def _sibling(path: Path, kind: str) -> Path | None:
     """The training counterpart of a test/val file or folder, when it exists next to it."""
-    if kind == "npz":
+    if kind in ("npz", "imglist"):
         stem = path.stem
         for word in ("test", "val"):
             i = stem.rfind(word)
@@ -351,7 +380,7 @@ def fit_spec_for(spec: str, *, data_root: str | Path | None = None) -> str | Non
 
 def _fit_spec_for(parsed: DatasetSpec, data_root) -> str | None:
     kind_name, key = _resolve(parsed, _root(data_root))
-    keep = {k: v for k, v in parsed.options.items() if k == "classes"}
+    keep = {k: v for k, v in parsed.options.items() if k in ("classes", "root")}
     if kind_name in ("torchvision", "digits"):
         if kind_name == "torchvision" and "train" not in TV_SETS[key].splits:
             return None

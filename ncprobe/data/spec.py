@@ -8,11 +8,13 @@ Examples::
     near=data/cifar100.npz       an .npz file, shown as 'near' in tables
     noise:uniform@n=500,size=64  synthetic uniform-noise images
     ~/images/ood                 an image folder (class sub-folders give labels; flat = unlabelled)
+    lists/test.txt@root=~/imgs   an image list ('path label' lines), paths relative to ~/imgs
 
 Parsing rules, in order:
 
 1. Options: the text after the last ``@`` is an option list when it looks like ``key=val,...``
-   (and holds no path separator). ``cifar10@n`` (a known name followed by something that is not
+   (and holds no path separator outside a ``root=`` value; a ``root`` path cannot hold ``,``, ``=``
+   or ``@``). ``cifar10@n`` (a known name followed by something that is not
    ``key=val``) is an error; otherwise the ``@`` is taken as part of a path.
 2. ``NAME=``: a leading ``NAME=`` (no ``/``, ``:``, ``@`` in NAME) sets the display name, unless the
    whole text is an existing path.
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import DatasetError
 
 #: every option a spec may carry, in the order they are written back out
-OPTION_ORDER = ("classes", "n", "seed", "size", "channels", "unlabelled")
+OPTION_ORDER = ("classes", "n", "seed", "size", "channels", "unlabelled", "root")
 OPTION_HELP = {
     "classes": "keep these class ids, e.g. classes=0-5 or classes=0-4+7 (labels unchanged)",
     "n": "seeded random subsample of n samples",
@@ -41,12 +43,20 @@ OPTION_HELP = {
     "size": "image side for noise and patches (default 32)",
     "channels": "1 or 3 channels for noise and patches (default 3)",
     "unlabelled": "unlabelled=1 lets an .npz without a 'y' array load with labels -1",
+    "root": "folder the paths of an image list (.txt) are relative to (default: the list's folder)",
 }
 
 _KEY = r"[A-Za-z_][A-Za-z0-9_]*"
 _OPTS_RE = re.compile(rf"^\s*{_KEY}\s*=[^,=@]*(,\s*{_KEY}\s*=[^,=@]*)*\s*$")
 _NAME_RE = re.compile(r"^([^=/\\@:]+)=(.+)$", re.S)
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_+\-]+$")
+_ROOT_VALUE_RE = re.compile(r"(^|,)\s*root\s*=[^,=@]*", re.I)
+
+
+def _has_separator(tail: str) -> bool:
+    """A path separator in an option list, outside the value of ``root=`` (which is a path)."""
+    rest = _ROOT_VALUE_RE.sub(r"\1", tail)
+    return "/" in rest or "\\" in rest
 
 
 def normalize_name(name: str) -> str:
@@ -175,6 +185,8 @@ def parse_options(text: str) -> dict:
             options[key] = _int_option(key, raw, minimum=0)
         elif key == "channels":
             options[key] = _int_option(key, raw, choices=(1, 3))
+        elif key == "root":
+            options[key] = raw
         elif key == "unlabelled":
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise DatasetError(f"option unlabelled={raw!r}: write unlabelled=1 or unlabelled=0")
@@ -191,9 +203,9 @@ def parse_spec(text: str, *, known_names=()) -> DatasetSpec:
     main, options = raw, {}
     if "@" in raw and not os.path.exists(os.path.expanduser(raw)):
         head, tail = raw.rsplit("@", 1)
-        if _OPTS_RE.match(tail) and "/" not in tail and "\\" not in tail:
+        if _OPTS_RE.match(tail) and not _has_separator(tail):
             main, options = head, parse_options(tail)
-        elif "/" not in tail and "\\" not in tail and _base_of(head) in known:
+        elif not _has_separator(tail) and _base_of(head) in known:
             raise DatasetError(
                 f"malformed options {tail!r} in dataset spec {raw!r}: write @key=val[,key=val]; "
                 f"valid keys: {', '.join(OPTION_ORDER)}"

@@ -136,6 +136,30 @@ def timm_probe_layers(model: nn.Module, head: str | None) -> list[str]:
     return names if len(names) >= len(auto) else auto
 
 
+#: timm's defaults when a pretrained_cfg leaves them out (timm.data.constants)
+TIMM_DEFAULT_CROP_PCT = 0.875
+
+
+def timm_eval_config(cfg: dict) -> dict | None:
+    """The evaluation transform a timm ``pretrained_cfg`` describes, as timm's
+    ``resolve_data_config`` + ``transforms_imagenet_eval`` read it: crop (H, W) = ``input_size``,
+    ``crop_pct`` (default 0.875), ``interpolation`` (default bilinear), ``crop_mode`` (default
+    center) and, in the border mode, ``mean`` as the padding colour. None without an ``input_size``."""
+    size = cfg.get("input_size")
+    if not isinstance(size, (tuple, list)) or len(size) != 3:
+        return None
+    mean = tuple(cfg.get("mean") or IMAGENET_MEAN)
+    tag = cfg.get("hf_hub_id") or cfg.get("architecture") or ""
+    return {
+        "crop": (int(size[1]), int(size[2])),
+        "crop_pct": float(cfg.get("crop_pct") or TIMM_DEFAULT_CROP_PCT),
+        "interpolation": str(cfg.get("interpolation") or "bilinear"),
+        "crop_mode": str(cfg.get("crop_mode") or "center"),
+        "fill": tuple(round(255 * v) for v in mean) if cfg.get("crop_mode") == "border" else (0, 0, 0),
+        "config": f"timm pretrained_cfg {tag}".strip(),
+    }
+
+
 def timm_spec(model_name: str) -> ArchSpec:
     model = build_on_meta(timm_create, model_name=model_name)
     head = module_name(model, model.get_classifier()) or find_head(model)

@@ -421,6 +421,62 @@ def tv_spec(name: str) -> ArchSpec | None:
     return None
 
 
+_WEIGHT_HASH = re.compile(r"-([0-9a-f]{6,})\.pth$")
+
+
+def _tv_function(name: str) -> str | None:
+    """The torchvision builder behind ``tv:NAME`` (None for the CIFAR adaptations)."""
+    base = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    if base.endswith("_cifar"):
+        return None
+    m = re.fullmatch(r"(vit_[bhl]_\d+)_\d+", base)
+    return m.group(1) if m and m.group(1) in VITS else base
+
+
+def tv_eval_config(name: str, sha256: str = "") -> dict | None:
+    """The evaluation transform of torchvision's published weights for ``tv:NAME``
+    (``weights.transforms()``: resize_size, crop_size, interpolation, mean, std), read without
+    downloading anything. Of the weights whose crop is the spec's input size, the one whose file
+    hash (the hex in its file name, a prefix of the file's sha256) matches ``sha256``, else the
+    first one torchvision lists (its original release, e.g. ``IMAGENET1K_V1``). None when no
+    published weights have that crop (the CIFAR variants, an unusual ViT size)."""
+    spec = tv_spec(name)
+    fn = _tv_function(name)
+    if spec is None or fn is None:
+        return None
+    import torchvision.models as tvm
+
+    try:
+        weights = list(tvm.get_model_weights(fn))
+    except (ValueError, KeyError):
+        return None
+    crop = tuple(spec.input_size[1:])
+    fitting = []
+    for w in weights:
+        t = w.transforms()
+        if tuple(t.crop_size) * (2 // len(t.crop_size)) == crop and len(t.resize_size) == 1:
+            fitting.append((w, t))
+    if not fitting:
+        return None
+
+    def matches(w) -> bool:
+        found = _WEIGHT_HASH.search(str(w.url))
+        return bool(sha256) and found is not None and sha256.lower().startswith(found.group(1))
+
+    w, t = next(((w, t) for w, t in fitting if matches(w)), fitting[0])
+    side = int(t.resize_size[0])
+    return {
+        "crop": crop,
+        "resize": (side, side),
+        "crop_pct": crop[0] / side,
+        "interpolation": str(t.interpolation.value),
+        "crop_mode": "center",
+        "mean": tuple(float(v) for v in t.mean),
+        "std": tuple(float(v) for v in t.std),
+        "config": f"torchvision {type(w).__name__}.{w.name}" + (" (sha256 match)" if matches(w) else ""),
+    }
+
+
 def _tv_pattern(m: re.Match) -> ArchSpec:
     """``tv:NAME``: a torchvision spec, or a clear error -- never a fall-through to importing a module
     called ``tv`` (what ``get_arch`` does with an unclaimed ``a:b`` name)."""
