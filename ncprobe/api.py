@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .checkpoint.loaded import LoadedCheckpoint
+from .distributed import world
 from .errors import ParameterError
 from .jobs.calibrate import calibrate
 from .jobs.compute import accuracy, collapse_table, layers_tables
@@ -64,26 +65,28 @@ def _calibrated(ckpt, source, device, batch_size, report, cache_dir, use_cache) 
     return [note] if note else []
 
 
-def _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress) -> FeatureExtractor:
+def _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress, workers=0) -> FeatureExtractor:
     return FeatureExtractor(ckpt, layers=layers, device=device, batch_size=batch_size, cache_dir=cache_dir,
-                            use_cache=use_cache, progress=progress)
+                            use_cache=use_cache, progress=progress, workers=workers)
 
 
 def evaluate(checkpoint, data, *, device=None, batch_size=256, cache_dir=None, use_cache=True, progress=True,
-             data_root=None, download=False, checkpoint_options=None, report=None) -> float:
+             data_root=None, download=False, checkpoint_options=None, report=None, workers=0) -> float:
     """Top-1 accuracy of ``checkpoint`` on the labelled set ``data``. ``report(line)`` receives the
     run's notes (the calibrated normalization when nothing said it)."""
     ckpt = resolve_checkpoint(checkpoint, checkpoint_options)
     source = resolve_source(data, data_root=data_root, download=download)
     check_labelled(source, ckpt.num_classes, "evaluation")
     _calibrated(ckpt, source, device, batch_size, report, cache_dir, use_cache)
-    fs = _extractor(ckpt, [], device, batch_size, cache_dir, use_cache, progress)(source)
+    fs = _extractor(ckpt, [], device, batch_size, cache_dir, use_cache, progress, workers)(source)
+    if fs is None:  # a distributed rank other than 0: its share went to rank 0
+        return None
     return accuracy(fs, ckpt.num_classes)
 
 
 def collapse(checkpoint, data, *, layers=None, out=None, device=None, batch_size=256, cache_dir=None,
              use_cache=True, progress=True, data_root=None, download=False, checkpoint_options=None,
-             group=None, report=None) -> LayersResult:
+             group=None, report=None, workers=0) -> LayersResult:
     """Per-layer NC statistics of ``checkpoint`` on the labelled set ``data`` (written to ``out/collapse.csv``)."""
     if out is not None:
         check_out(out, ["collapse.csv"])
@@ -91,8 +94,10 @@ def collapse(checkpoint, data, *, layers=None, out=None, device=None, batch_size
     source = resolve_source(data, data_root=data_root, download=download, default_split="train")
     check_labelled(source, ckpt.num_classes, "fit")
     notes = _calibrated(ckpt, source, device, batch_size, report, cache_dir, use_cache)
-    extract = _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress)
-    fs = extract(source)
+    extract = _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress, workers)
+    fs = extract(source, class_stats=world().distributed)
+    if fs is None:  # a distributed rank other than 0: rank 0 reports
+        return None
     run = RunInfo.new(ckpt, group=group)
     result = LayersResult(run_id=run.run_id, checkpoint=ckpt, ood=pd.DataFrame(columns=OOD_COLUMNS),
                           collapse=collapse_table(fs, ckpt, run), id_accuracy=accuracy(fs, ckpt.num_classes),
@@ -106,7 +111,7 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
            cache_dir=None, use_cache=True, fit_split=None, seed=0, group=None, progress=True, data_root=None,
            download=False, checkpoint_options=None, scorer_params=None, plot=True, transfer=None,
            transfer_fraction=0.5, val_ood=None, save_scores=False, csid=None, ood_groups=None,
-           report=None) -> LayersResult:
+           report=None, workers=0) -> LayersResult:
     """The main job: per-layer NC metrics and OOD scores of ``checkpoint`` for ID set ``id`` against ``ood``.
 
     ``fit`` defaults to the ID set's train split; for a file or folder without one, give ``fit`` or
@@ -129,7 +134,7 @@ def layers_many(checkpoints, id, ood, fit=None, *, scorers=None, layers=None, ou
                 cache_dir=None, use_cache=True, fit_split=None, seed=0, group=None, progress=True, data_root=None,
                 download=False, checkpoint_options=None, scorer_params=None, plot=True, transfer=None,
                 transfer_fraction=0.5, val_ood=None, save_scores=False, csid=None, ood_groups=None,
-                report=None) -> list[LayersResult]:
+                report=None, workers=0) -> list[LayersResult]:
     """:func:`layers` for several checkpoints (e.g. the seeds of a recipe, or every epoch of a run)
     in one call: each is its own run in the same tables, and every dataset is read and decoded once
     for all of them (one pass over its batches feeds every model whose features are not cached).
@@ -163,11 +168,14 @@ def layers_many(checkpoints, id, ood, fit=None, *, scorers=None, layers=None, ou
         labelled = inputs.fit if inputs.fit is not None else inputs.id.subset(inputs.split[0], "fit")
         notes.append(_calibrated(inputs.checkpoint, labelled, device, batch_size, report, cache_dir, use_cache))
     shared = SharedExtractor(ckpts, layers=layers, device=device, batch_size=batch_size, cache_dir=cache_dir,
-                             use_cache=use_cache, progress=progress)
+                             use_cache=use_cache, progress=progress, workers=workers)
     results = []
     for i, inputs in enumerate(every):
         extract = shared.view(i)
         feats = extract_layers_features(inputs, extract)
+        if feats is None:  # a distributed rank other than 0: rank 0 scores and writes
+            results.append(None)
+            continue
         results.append(_layers_result(inputs, feats, extract, notes[i], out=out, group=group, seed=seed,
                                       transfer_fraction=transfer_fraction, progress=progress,
                                       save_scores=save_scores, plot=plot, ood_groups=ood_groups))
@@ -187,7 +195,7 @@ class BenchResult:
 def bench(preset, checkpoints, *, data_root=None, sets=None, full_spectrum=False, tune=False, scorers=None,
           layers=None, out=None, device=None, batch_size=256, cache_dir=None, use_cache=True, group=None,
           progress=True, download=False, checkpoint_options=None, scorer_params=None, plot=True,
-          save_scores=False, report=None) -> BenchResult:
+          save_scores=False, report=None, workers=0) -> BenchResult:
     """A standard benchmark (``ncprobe/benchmarks.yaml``: OpenOOD v1.5 CIFAR-10/100, ImageNet-200/1K,
     DDU) for one or more checkpoints: the preset's fit, ID and near/far OOD sets are resolved under
     ``data_root`` (``sets={"svhn": "svhn.npz"}`` points any of them elsewhere), every checkpoint is
@@ -209,7 +217,7 @@ def bench(preset, checkpoints, *, data_root=None, sets=None, full_spectrum=False
                        batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache, group=group,
                        progress=progress, checkpoint_options=checkpoint_options, scorer_params=scorer_params,
                        plot=plot, val_ood=src.val, save_scores=save_scores, csid=src.csid,
-                       ood_groups=src.ood_groups, report=report)
+                       ood_groups=src.ood_groups, report=report, workers=workers)
     table = near_far_table(pd.concat([r.ood for r in runs], ignore_index=True))
     table.insert(0, "preset", chosen.name)
     result = BenchResult(preset=chosen.name, runs=runs, table=table)
@@ -261,7 +269,7 @@ class TrajectoryResult:
 
 def collapse_trajectory(checkpoints, data, *, layers=None, out=None, device=None, batch_size=256, cache_dir=None,
                         use_cache=True, progress=True, data_root=None, download=False, checkpoint_options=None,
-                        group=None, plot=True, report=None) -> TrajectoryResult:
+                        group=None, plot=True, report=None, workers=0) -> TrajectoryResult:
     """``collapse`` of every checkpoint in ``checkpoints`` (paths, quoted globs such as
     ``"runs/m.epoch*.safetensors"``, or loaded checkpoints) on the labelled set ``data`` (resolved once),
     as one trajectory ordered by each checkpoint's stored epoch (the given order, with a note, when one
@@ -293,6 +301,8 @@ def collapse_trajectory(checkpoints, data, *, layers=None, out=None, device=None
         notes.extend(point_notes)
         from_cache[ckpt.name] = all(extract.from_cache.values())
         del ckpt, extract  # one model in memory at a time
+    if not world().is_main:  # a distributed rank other than 0: rank 0 writes the trajectory
+        return None
     order, note = order_points([p[1] for p in points], [p[0] for p in points])
     if note:
         notes.append(note)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "ncprobe"
 # Pipeline stages, low to high: a module may import its own package and packages of a lower or
 # equal stage, never a higher one.
 STAGE = {
-    "ncprobe": 0, "errors": 0, "validation": 0, "progress": 0, "device": 0,
+    "ncprobe": 0, "errors": 0, "validation": 0, "progress": 0, "device": 0, "distributed": 0, "budget": 0,
     "models": 1,
     "checkpoint": 2, "data": 2,
     "features": 3,

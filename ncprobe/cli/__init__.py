@@ -84,11 +84,43 @@ def _printable(path) -> str:
     return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _stopped(signum, frame):
+    from ..distributed import DistributedError, world
+
+    raise DistributedError(f"rank {world().rank} was stopped by the launcher (another rank failed or the run was "
+                           "cancelled); nothing of this run was written: see the failing rank's error")
+
+
+def _join_distributed():
+    """Under torchrun: join the process group; ranks other than 0 print nothing but their errors,
+    and a stop from the launcher (SIGTERM) ends this rank with one line."""
+    import os
+    import signal
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    from ..distributed import init_from_env
+
+    world = init_from_env()
+    signal.signal(signal.SIGTERM, _stopped)
+    if not world.is_main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    return world
+
+
 def main(argv=None) -> None:
     """Console entry point: runs the group and turns user mistakes into one-line errors, exit 2."""
     warnings.formatwarning = _one_line_warning  # a warning is one line too, without the source line
     try:
-        cli.main(args=argv, prog_name="ncprobe", standalone_mode=False)
+        if _join_distributed() is not None:
+            from ..distributed import shutdown
+
+            try:
+                cli.main(args=argv, prog_name="ncprobe", standalone_mode=False)
+            finally:
+                shutdown()
+        else:
+            cli.main(args=argv, prog_name="ncprobe", standalone_mode=False)
     except NcprobeError as exc:
         message = exc.render(flag_for) if isinstance(exc, ParameterError) else str(exc)
         click.echo(f"error: {message}", err=True)

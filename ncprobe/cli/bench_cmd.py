@@ -80,6 +80,8 @@ def command(preset, checkpoints, sets, full_spectrum, tune, scorers, layers, sco
     result = bench(preset, paths, sets=list(sets), full_spectrum=full_spectrum, tune=tune, scorers=scorers,
                    layers=layers, out=out_dir, group=group, checkpoint_options=checkpoint_options,
                    scorer_params=list(scorer_params), plot=not no_plot, **run)
+    if result is None:  # a distributed rank other than 0: rank 0 reports
+        return
     first = result.runs[0].ood
     groups = first.drop_duplicates("ood").groupby("ood_group", sort=False)["ood"].agg(", ".join)
     click.echo(f"{result.preset}: ID {first['id'].iloc[0]}, fit {first['fit'].iloc[0]}; "

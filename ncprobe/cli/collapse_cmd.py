@@ -47,6 +47,8 @@ def command(checkpoints, data, layers, out, group, checkpoint_options, run):
     checkpoint = paths[0]
     result = collapse(checkpoint, data, layers=layers, out=out_dir, checkpoint_options=checkpoint_options,
                       group=group, **run)
+    if result is None:  # a distributed rank other than 0: rank 0 reports
+        return
     table = result.collapse[["layer", "dim", "n", "classes", "nc1", "nc2_etf", "nc2_equiangular", "ncc_acc", "nc3",
                              "nc4", "tr_ratio", "cdnv"]]
     ckpt = result.checkpoint
@@ -69,6 +71,8 @@ def _trajectory(paths, data, layers, out_dir, group, checkpoint_options, run) ->
 
     result = collapse_trajectory(paths, data, layers=layers, out=out_dir, checkpoint_options=checkpoint_options,
                                  group=group, report=note, **run)
+    if result is None:  # a distributed rank other than 0: rank 0 reports
+        return
     rows = result.trajectory[result.trajectory["metric"] == "nc1"]
     layers_order = list(rows.sort_values("layer_index", kind="stable")["layer"].drop_duplicates())
     table = rows.pivot_table(index=["step", "checkpoint"], columns="layer", values="value", aggfunc="first")

@@ -19,6 +19,8 @@ def command(checkpoint, data, checkpoint_options, run):
 
     notes: list[str] = []
     acc = evaluate(checkpoint, data, checkpoint_options=checkpoint_options, report=notes.append, **run)
+    if acc is None:  # a distributed rank other than 0: rank 0 reports
+        return
     for line in notes:  # after success only: an error stays the one line on stderr
         click.echo(line, err=True)
     click.echo(f"accuracy: {acc:.4f}")

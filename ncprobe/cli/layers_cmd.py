@@ -77,6 +77,8 @@ def command(checkpoints, id_spec, ood_specs, fit_spec, fit_split, scorers, layer
                           fit_split=fit_split, seed=seed, group=group, checkpoint_options=checkpoint_options,
                           scorer_params=params, plot=not no_plot, transfer=list(transfer_specs),
                           val_ood=list(val_specs), save_scores=save_scores, **run)
+    if results[0] is None:  # a distributed rank other than 0: rank 0 reports
+        return
     if len(results) == 1:
         echo_run(results[0], out_dir, bool(transfer_specs))
     else:

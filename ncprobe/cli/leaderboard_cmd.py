@@ -65,7 +65,8 @@ def command(csv, layer, scorers, group_by, fmt, top, per_set, below, metric, cur
 
 
 def _is_trajectory(path: Path) -> bool:
-    path = path / "trajectory.csv" if path.is_dir() and not (path / "ood.csv").exists() else path
+    if path.is_dir():
+        return (path / "trajectory.csv").exists() and not (path / "ood.csv").exists()
     return path.name == "trajectory.csv" or path.name.endswith(".trajectory.csv")
 
 

@@ -214,7 +214,9 @@ def _read_small(zf: zipfile.ZipFile, zinfo: zipfile.ZipInfo) -> bytes:
 
 def _read_array(zf: zipfile.ZipFile, zinfo: zipfile.ZipInfo, h, ndim: int) -> np.ndarray:
     """One .npy member, its declared size checked against the member before anything is allocated,
-    read to the end so that the zip CRC is verified; its bytes go into ``h``."""
+    read to the end so that the zip CRC is verified; its bytes go into ``h``. A large member (over
+    a sixteenth of the memory budget) is verified in chunks and then memory-mapped from the entry
+    (members are stored uncompressed), so reading a set larger than RAM needs no RAM for it."""
     fmt = np.lib.format
     with zf.open(zinfo) as m:
         version = fmt.read_magic(m)
@@ -228,8 +230,13 @@ def _read_array(zf: zipfile.ZipFile, zinfo: zipfile.ZipInfo, h, ndim: int) -> np
                 or any(not isinstance(s, int) or s < 0 for s in shape)):
             raise _Damaged(f"bad array header in {zinfo.filename!r}")
         nbytes = math.prod(shape) * dtype.itemsize
-        if m.tell() + nbytes != zinfo.file_size:
+        header = m.tell()
+        if header + nbytes != zinfo.file_size:
             raise _Damaged(f"size mismatch in {zinfo.filename!r}")
+        h.update(f"{zinfo.filename}|{dtype.str}|{shape}|{fortran}|".encode())
+        if nbytes > _map_threshold():
+            _hash_stream(m, nbytes, h, zinfo.filename)
+            return _map_member(zf, zinfo, header, dtype, shape, fortran)
         flat = np.empty(math.prod(shape), dtype=dtype)
         buf = memoryview(flat).cast("B") if nbytes else memoryview(b"")
         pos = 0
@@ -240,9 +247,41 @@ def _read_array(zf: zipfile.ZipFile, zinfo: zipfile.ZipInfo, h, ndim: int) -> np
             pos += got
         if m.read(1):
             raise _Damaged(f"trailing data in {zinfo.filename!r}")
-    h.update(f"{zinfo.filename}|{dtype.str}|{shape}|{fortran}|".encode())
     h.update(buf)
     return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _map_threshold() -> int:
+    from ..budget import memory_budget
+
+    return max(_CHUNK, memory_budget() // 16)
+
+
+def _hash_stream(m, nbytes: int, h, name: str) -> None:
+    """Read a member's remaining ``nbytes`` in chunks (the zip CRC is checked at its end) into ``h``."""
+    scratch = bytearray(min(_CHUNK, nbytes))
+    view = memoryview(scratch)
+    left = nbytes
+    while left:
+        got = m.readinto(view[: min(len(view), left)])
+        if not got:
+            raise _Damaged(f"truncated {name!r}")
+        h.update(view[:got])
+        left -= got
+    if m.read(1):
+        raise _Damaged(f"trailing data in {name!r}")
+
+
+def _map_member(zf: zipfile.ZipFile, zinfo: zipfile.ZipInfo, header: int, dtype, shape, fortran) -> np.ndarray:
+    """A read-only memory map of a stored member's array data, located from its local file header."""
+    fh = zf.fp
+    fh.seek(zinfo.header_offset)
+    local = fh.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise _Damaged(f"bad local header of {zinfo.filename!r}")
+    name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    offset = zinfo.header_offset + 30 + name_len + extra_len + header
+    return np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order="F" if fortran else "C")
 
 
 # ---------------------------------------------------------------- writing

@@ -324,13 +324,42 @@ class _Job:
     base: str | None = None  # the set's cache key (None: no cache)
     cached: dict = field(default_factory=dict)  # layer -> (features, order) read from the cache
     unreadable: set = field(default_factory=set)  # layers whose entry we may not read: never overwritten
+    dtype: str = "float32"  # how the features are stored (float16 halves memory and disk)
 
 
 #: the cache entry of an every-module (``--layers all``) run that lists the modules which gave a tensor
 _KEPT = "#kept"
 
 
-def _plan(ckpt, source, layers, *, dev, use_amp, tokens, use_cache, cache_dir):
+#: the dtypes features may be stored in (``--cache-dtype``)
+FEATURE_DTYPES = ("float32", "float16")
+
+
+def feature_array(n: int, d: int, dtype: str = "float32") -> np.ndarray:
+    """An (n, d) array for one layer's features: in memory when it is small against the memory
+    budget (:mod:`ncprobe.budget`), else a memory-mapped file in the temp folder (``$TMPDIR``),
+    already unlinked, whose pages the OS writes out and reads back as needed, so a set larger
+    than the budget never has to fit in RAM."""
+    from ..budget import memory_budget
+
+    nbytes = int(n) * int(d) * np.dtype(dtype).itemsize
+    if nbytes <= memory_budget() // 16:
+        return np.empty((n, d), dtype=dtype)
+    import tempfile
+
+    handle = tempfile.TemporaryFile(prefix="ncprobe-features-")
+    try:
+        handle.truncate(max(nbytes, 1))
+        return np.memmap(handle, dtype=dtype, mode="r+", shape=(n, d))
+    except OSError as exc:
+        raise NcprobeError(f"cannot spill {nbytes / 2**30:.1f} GiB of features to the temp folder "
+                           f"({exc.strerror or type(exc).__name__}); free disk space there, set TMPDIR to a "
+                           "larger disk, or raise the memory budget (NCPROBE_MEMORY_BUDGET)") from None
+    finally:
+        handle.close()  # the mapping keeps the (unlinked) file alive
+
+
+def _plan(ckpt, source, layers, *, dev, use_amp, tokens, use_cache, cache_dir, dtype="float32"):
     """(cached FeatureSet or None, the pending job, cache dir). With the cache, every requested layer
     found there is read (per-layer entries) and only the others are left for the forward pass."""
     names = resolve_layers(ckpt.model, ckpt.head_name, ckpt.probe_layers, layers)
@@ -339,9 +368,12 @@ def _plan(ckpt, source, layers, *, dev, use_amp, tokens, use_cache, cache_dir):
             raise NcprobeError(f"{ckpt.name} is a scripted model whose layers cannot be hooked; only its logits can be "
                                f"probed: drop --layers, or load the eager model with --arch")
         names = [LOGITS]
-    job = _Job(ckpt=ckpt, names=names, every_module=layers == ALL)
+    if dtype not in FEATURE_DTYPES:
+        raise NcprobeError(f"unknown feature dtype {dtype!r}; use one of {', '.join(FEATURE_DTYPES)}")
+    job = _Job(ckpt=ckpt, names=names, every_module=layers == ALL, dtype=dtype)
     size = tuple(ckpt.input_size[-2:])
-    preprocess_desc = {"size": list(size), "mean": list(ckpt.mean), "std": list(ckpt.std), "amp": use_amp}
+    preprocess_desc = {"size": list(size), "mean": list(ckpt.mean), "std": list(ckpt.std), "amp": use_amp,
+                       **({"items": ckpt.preprocessing.key()} if source.images is None else {})}
     if use_cache:
         try:
             arch_desc = architecture_fingerprint(ckpt)
@@ -352,7 +384,8 @@ def _plan(ckpt, source, layers, *, dev, use_amp, tokens, use_cache, cache_dir):
     if not use_cache:
         return None, job, cache_dir
     cache_dir = feature_cache.default_cache_dir() if cache_dir is None else cache_dir
-    job.base = feature_cache.set_key(checkpoint_id(ckpt), source.fingerprint, preprocess_desc, f"pool:{tokens}",
+    stored = f"pool:{tokens}" + ("" if dtype == "float32" else f"|{dtype}")
+    job.base = feature_cache.set_key(checkpoint_id(ckpt), source.fingerprint, preprocess_desc, stored,
                                      architecture=arch_desc)
     wanted = names
     if job.every_module:
@@ -457,15 +490,18 @@ def extract_features(
     workers: int = 0,
     amp: bool | None = None,
     tokens: str = "mean",
+    dtype: str = "float32",
 ) -> FeatureSet:
     """Features of ``source`` at every probe point of ``ckpt``, from cache when possible.
 
     ``layers``: None (the checkpoint's default probe points), ``"all"``, or names. ``amp``: mixed
     precision (bf16 autocast), on by default on CUDA and off on CPU. ``tokens``: 'mean' or 'cls'
-    pooling for (N, L, C) outputs.
+    pooling for (N, L, C) outputs. ``dtype``: how the features are stored, float32 or float16
+    (half the memory and disk; the scorers compute in float64 either way).
     """
     return extract_many([ckpt], source, layers, device=device, batch_size=batch_size, cache_dir=cache_dir,
-                        use_cache=use_cache, progress=progress, workers=workers, amp=amp, tokens=tokens)[0]
+                        use_cache=use_cache, progress=progress, workers=workers, amp=amp, tokens=tokens,
+                        dtype=dtype)[0]
 
 
 def extract_many(
@@ -481,40 +517,107 @@ def extract_many(
     workers: int = 0,
     amp: bool | None = None,
     tokens: str = "mean",
-) -> list[FeatureSet]:
+    shard_summary=None,
+    dtype: str = "float32",
+) -> list[FeatureSet | None]:
     """:func:`extract_features` of ``source`` for several checkpoints, reading the source once.
 
     Checkpoints whose features are cached are served from the cache; the others share one pass
     over the source's batches (one pass per distinct input size for sources decoded per item,
     whose images are resized while they are read), each batch going through every model in turn.
     The features equal those of separate calls.
+
+    Under torch.distributed (:mod:`ncprobe.distributed`) each rank runs its share of the batches
+    and rank 0 receives the whole sets (the other ranks get None); ``shard_summary(index, fs)``,
+    when given, is computed on each rank's share of checkpoint ``index``'s features and the list
+    of them, in rank order, is handed to rank 0 as ``fs.shard_summaries``.
     """
+    from ..distributed import broadcast_from_main, world
+
     if tokens not in REDUCTIONS:
         raise NcprobeError(f"unknown token reduction {tokens!r}; use one of {', '.join(REDUCTIONS)}")
     if len(source) == 0:
         raise NcprobeError(f"dataset {source.name!r} is empty; check the path or the classes=/n= options")
     dev = resolve_device(device)
     use_amp = (dev.type == "cuda") if amp is None else bool(amp)
+    w = world()
     results: list[FeatureSet | None] = []
-    pending: list[tuple[int, _Job]] = []
+    jobs: list[_Job] = []
     where = cache_dir
-    for i, ckpt in enumerate(ckpts):
+    for ckpt in ckpts:
         cached, job, where = _plan(ckpt, source, layers, dev=dev, use_amp=use_amp, tokens=tokens,
-                                   use_cache=use_cache, cache_dir=cache_dir)
+                                   use_cache=use_cache, cache_dir=cache_dir, dtype=dtype)
         results.append(cached)
-        if cached is None:
-            pending.append((i, job))
+        jobs.append(job)
+    # rank 0's cache decides for everyone which checkpoints (and layers) need the forward pass
+    plan = broadcast_from_main([(i, job.names) for i, job in enumerate(jobs) if results[i] is None])
+    if not w.is_main:
+        results = [None] * len(ckpts)
+    for i, names in plan:
+        jobs[i].names = list(names)
+    pending = [(i, jobs[i]) for i, _ in plan]
     # item sources are resized while read: one pass per input size; in-memory arrays: one pass for all
     passes: dict = {}
     for i, job in pending:
         size = tuple(job.ckpt.input_size[-2:]) if source.images is None else None
         passes.setdefault(size, []).append((i, job))
     for size, group in passes.items():
-        feature_sets = _forward(group, source, dev, batch_size, progress, workers, use_amp, tokens, size)
+        if w.distributed:
+            feature_sets = _forward_sharded(group, source, dev, batch_size, progress, workers, use_amp, tokens, size,
+                                            shard_summary)
+        else:
+            feature_sets = _forward(group, source, dev, batch_size, progress, workers, use_amp, tokens, size)
+            if shard_summary is not None:
+                for (i, _), fs in zip(group, feature_sets, strict=True):
+                    fs.shard_summaries = [shard_summary(i, fs)]
+        if feature_sets is None:  # a rank other than 0: its share went to rank 0
+            continue
         for (i, job), fs in zip(group, feature_sets, strict=True):
             fs.meta = {"dataset": source.spec, "checkpoint": job.ckpt.name, "seconds": fs.seconds}
             results[i] = _finish(job, fs, source, where)
-    return results  # type: ignore[return-value]
+    return results
+
+
+def _forward_sharded(group, source, dev, batch_size, progress, workers, use_amp, tokens, size, shard_summary):
+    """This rank's batches of ``source`` through every model of ``group``; on rank 0 the whole sets
+    assembled in the source's order, elsewhere None."""
+    from ..distributed import gather_to_main, shard_rows, world
+
+    w = world()
+    rows = shard_rows(len(source), batch_size, w.rank, w.size)
+    parts = None
+    if rows.size:
+        shard = source.subset(rows, "")
+        sets = _forward(group, shard, dev, batch_size, progress and w.is_main, workers, use_amp, tokens, size)
+        parts = [(fs.layers, fs.features, fs.labels, fs.seconds,
+                  None if shard_summary is None else shard_summary(i, fs)) for (i, _), fs in zip(group, sets, strict=True)]
+    gathered = gather_to_main((rows, parts))
+    if not w.is_main:
+        return None
+    n = len(source)
+    out = []
+    for j in range(len(group)):
+        layers, arrays, labels = None, {}, np.full(n, -1, dtype=np.int64)
+        summaries, seconds = [], 0.0
+        for rank_rows, rank_parts in gathered:
+            if rank_parts is None:
+                continue
+            r_layers, r_arrays, r_labels, r_seconds, r_summary = rank_parts[j]
+            if layers is None:
+                layers = list(r_layers)
+                arrays = {k: feature_array(n, r_arrays[k].shape[1], str(r_arrays[k].dtype)) for k in layers}
+            elif list(r_layers) != layers:
+                raise NcprobeError(f"the ranks probed different layers of {group[j][1].ckpt.name} ({layers} vs "
+                                   f"{list(r_layers)}); give the same --layers to every rank")
+            for k in layers:
+                arrays[k][rank_rows] = r_arrays[k]
+            labels[rank_rows] = r_labels
+            seconds = max(seconds, r_seconds)
+            summaries.append(r_summary)
+        fs = FeatureSet(name=source.name, layers=layers, features=arrays, labels=labels, seconds=seconds)
+        fs.shard_summaries = summaries if shard_summary is not None else None
+        out.append(fs)
+    return out
 
 
 class _Probe:
@@ -527,7 +630,7 @@ class _Probe:
         self.dev = dev
         self.tokens = tokens
         self.n_total = n_total
-        self.preprocess = Preprocess(ckpt.mean, ckpt.std, tuple(ckpt.input_size[-2:])).to(dev)
+        self.preprocess = Preprocess(ckpt.mean, ckpt.std, tuple(ckpt.input_size[-2:]), items=ckpt.preprocessing).to(dev)
         self.nhwc = _channels_last_hints(ckpt)
         self.captured: dict[str, torch.Tensor] = {}
         self.batch_n = 0
@@ -572,12 +675,12 @@ class _Probe:
         if pos == 0:
             self.kept = _check_first_batch(self.job.names, self.captured, self.job.every_module)
             for name in self.kept:
-                self.arrays[name] = np.empty((self.n_total, self.captured[name].shape[1]), dtype=np.float32)
+                self.arrays[name] = feature_array(self.n_total, self.captured[name].shape[1], self.job.dtype)
         for name in self.kept:
             t = self.captured.get(name)
             if t is None:
                 raise NcprobeError(f"layer {name!r} produced no tensor for a batch; drop it from --layers")
-            self.arrays[name][pos : pos + n] = t.detach().float().cpu().numpy()
+            self.arrays[name][pos : pos + n] = t.detach().float().cpu().numpy()  # (cast to the cache dtype)
 
 
 def _forward(group, source, dev, batch_size, progress, workers, use_amp, tokens, size) -> list[FeatureSet]:
@@ -587,7 +690,8 @@ def _forward(group, source, dev, batch_size, progress, workers, use_amp, tokens,
     labels = np.empty(n_total, dtype=np.int64)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if use_amp else nullcontext()
     load_size = size if size is not None else tuple(probes[0].ckpt.input_size[-2:])
-    loader = batch_loader(source, batch_size, size=load_size, workers=workers, pin_memory=dev.type == "cuda")
+    loader = batch_loader(source, batch_size, size=load_size, workers=workers, pin_memory=dev.type == "cuda",
+                          preprocess=[p.preprocess for p in probes])
     models = "" if len(probes) == 1 else f" x {len(probes)} models"
     bar = progress_bar(n_total, f"features {source.name}{models}", progress, unit="img", unit_scale=True)
     start = time.perf_counter()

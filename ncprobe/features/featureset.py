@@ -24,6 +24,9 @@ class FeatureSet:
     meta: dict = field(default_factory=dict)
     #: row -> sample index in the source (None: row i is sample i)
     index: np.ndarray | None = None
+    #: under torch.distributed (or when asked for): one summary per rank of its share of the rows,
+    #: e.g. the per-rank class statistics that rank 0 merges
+    shard_summaries: list | None = None
 
     def sample_index(self) -> np.ndarray:
         """Each row's index in the data source it was read from."""

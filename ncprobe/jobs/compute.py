@@ -42,6 +42,15 @@ def layer_stats(fit_fs, num_classes: int) -> dict[str, ClassStats]:
     return {layer: ClassStats.from_features(fit_fs[layer], fit_fs.labels, num_classes) for layer in stat_layers(fit_fs)}
 
 
+def merged_or_layer_stats(fit_fs, num_classes: int) -> dict[str, ClassStats]:
+    """The class statistics merged across distributed ranks when the extraction gathered them
+    (``fit_fs.meta['class_stats']``), else :func:`layer_stats` of the features."""
+    merged = fit_fs.meta.get("class_stats")
+    if merged:
+        return {layer: merged[layer] for layer in stat_layers(fit_fs) if layer in merged}
+    return layer_stats(fit_fs, num_classes)
+
+
 def collapse_frame(fit_fs, stats: dict, head) -> pd.DataFrame:
     """One row per probed layer: dim, n, classes and the NC metrics (NC3/NC4 at the classifier input only)."""
     rows = []
@@ -178,7 +187,7 @@ def accuracy(fs, num_classes: int) -> float:
 
 def collapse_table(fs, ckpt, run: RunInfo) -> pd.DataFrame:
     """The stamped collapse table of the labelled set ``fs``."""
-    stats = layer_stats(fs, ckpt.num_classes)
+    stats = merged_or_layer_stats(fs, ckpt.num_classes)
     return stamp(collapse_frame(fs, stats, ckpt.head_weights()), run, COLLAPSE_COLUMNS, data=fs.name)
 
 
@@ -207,7 +216,7 @@ def layers_tables(ckpt, feats: LayersFeatures, scorers: list[str], run: RunInfo,
     )
 
     head = ckpt.head_weights()
-    stats = layer_stats(feats.fit, ckpt.num_classes)
+    stats = merged_or_layer_stats(feats.fit, ckpt.num_classes)
     collapse = stamp(collapse_frame(feats.fit, stats, head), run, COLLAPSE_COLUMNS, data=feats.fit.name)
     id_acc = accuracy(feats.id, ckpt.num_classes)
     collect = {} if keep_scores else None

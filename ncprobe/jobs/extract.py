@@ -29,13 +29,14 @@ class FeatureExtractor:
     set of extraction options; ``from_cache`` maps each set's name to whether it was a cache hit."""
 
     def __init__(self, ckpt: LoadedCheckpoint, *, layers=None, device=None, batch_size: int = 256, cache_dir=None,
-                 use_cache: bool = True, progress: bool = True):
+                 use_cache: bool = True, progress: bool = True, workers: int = 0):
         self.ckpt = ckpt
         self.options = {"layers": layers, "device": device, "batch_size": batch_size, "cache_dir": cache_dir,
-                        "use_cache": use_cache, "progress": progress}
+                        "use_cache": use_cache, "progress": progress, "workers": workers}
         self.from_cache: dict[str, bool] = {}
 
-    def __call__(self, source: DataSource) -> FeatureSet:
+    def __call__(self, source: DataSource, *, class_stats: bool = False) -> FeatureSet | None:
+        """The features of ``source`` (None on a distributed rank other than 0)."""
         options = dict(self.options, batch_size=bounded_batch(self.options["batch_size"], self.ckpt.input_size))
         try:
             fs = extract_features(self.ckpt, source, **options)
@@ -44,7 +45,8 @@ class FeatureExtractor:
             if err is None:
                 raise
             raise err from None
-        self.from_cache[source.name] = fs.from_cache
+        if fs is not None:
+            self.from_cache[source.name] = fs.from_cache
         return fs
 
 
@@ -58,22 +60,23 @@ class SharedExtractor:
     """
 
     def __init__(self, ckpts: list[LoadedCheckpoint], *, layers=None, device=None, batch_size: int = 256,
-                 cache_dir=None, use_cache: bool = True, progress: bool = True):
+                 cache_dir=None, use_cache: bool = True, progress: bool = True, workers: int = 0):
         self.ckpts = list(ckpts)
         batch = min(bounded_batch(batch_size, c.input_size) for c in self.ckpts)
         self.options = {"layers": layers, "device": device, "batch_size": batch, "cache_dir": cache_dir,
-                        "use_cache": use_cache, "progress": progress}
+                        "use_cache": use_cache, "progress": progress, "workers": workers}
         self._held: dict[tuple[str, int], FeatureSet] = {}
         self.passes = 0  # forward passes over a source (a test counts them)
 
     def view(self, index: int) -> _View:
         return _View(self, index)
 
-    def _get(self, source: DataSource, index: int) -> FeatureSet:
+    def _get(self, source: DataSource, index: int, class_stats: bool = False) -> FeatureSet | None:
         key = (source.fingerprint, index)
         if key not in self._held:
+            summary = _class_stats_of(self.ckpts) if class_stats else None
             try:
-                sets = extract_many(self.ckpts, source, **self.options)
+                sets = extract_many(self.ckpts, source, shard_summary=summary, **self.options)
             except RuntimeError as exc:  # a wrong input size reads as one, naming the checkpoint
                 for ckpt in self.ckpts:
                     err = input_size_error(ckpt, exc)
@@ -95,10 +98,39 @@ class _View:
         self.ckpt = shared.ckpts[index]
         self.from_cache: dict[str, bool] = {}
 
-    def __call__(self, source: DataSource) -> FeatureSet:
-        fs = self.shared._get(source, self.index)
-        self.from_cache[source.name] = fs.from_cache
+    def __call__(self, source: DataSource, *, class_stats: bool = False) -> FeatureSet | None:
+        """The features of ``source`` (None on a distributed rank other than 0). ``class_stats``:
+        also accumulate the class statistics of every layer on each rank's share (a fit set),
+        merged on rank 0 into ``fs.class_stats``."""
+        fs = self.shared._get(source, self.index, class_stats)
+        if fs is not None:
+            self.from_cache[source.name] = fs.from_cache
+            if class_stats and fs.shard_summaries:
+                fs.meta["class_stats"] = merge_rank_stats(fs.shard_summaries)
         return fs
+
+
+def _class_stats_of(ckpts):
+    """A shard summary: per layer, the float64 class statistics of one rank's rows (a layer-wise
+    :class:`~ncprobe.stats.accumulator.ClassStats`)."""
+    from ..stats.accumulator import ClassStats
+
+    def summary(index: int, fs: FeatureSet) -> dict:
+        num_classes = ckpts[index].num_classes
+        ok = (fs.labels >= 0) & (fs.labels < num_classes)
+        return {layer: ClassStats.from_features(fs[layer][ok], fs.labels[ok], num_classes) for layer in fs.layers}
+
+    return summary
+
+
+def merge_rank_stats(summaries: list) -> dict:
+    """Rank 0's merge of every rank's class statistics (Chan et al.'s exact pairwise update, in rank order)."""
+    parts = [s for s in summaries if s]
+    merged = dict(parts[0])
+    for part in parts[1:]:
+        for layer, st in part.items():
+            merged[layer] = merged[layer].merge(st) if layer in merged else st
+    return merged
 
 
 @dataclass
@@ -113,19 +145,30 @@ class LayersFeatures:
     csid: list[FeatureSet] = field(default_factory=list)  # covariate-shifted ID sets, scored as ID
 
 
-def extract_layers_features(inputs: LayersInputs, extract: FeatureExtractor) -> LayersFeatures:
+def _distributed() -> bool:
+    from ..distributed import world
+
+    return world().distributed
+
+
+def extract_layers_features(inputs: LayersInputs, extract: FeatureExtractor) -> LayersFeatures | None:
     """Fit, ID, OOD and transfer features; with a held-out fit split, one pass over the ID set
-    gives both the fit rows and the remaining ID rows."""
+    gives both the fit rows and the remaining ID rows. Under torch.distributed every rank takes
+    part in each set's extraction and only rank 0 gets the features (None elsewhere)."""
     if inputs.split is not None:
         every_id = extract(inputs.id)
-        fit_fs, id_fs = every_id.subset(inputs.split[0]), every_id.subset(inputs.split[1])
-        fit_fs.name = f"{inputs.id.name}[fit {inputs.fit_split}]"
-        id_fs.name = f"{inputs.id.name}[rest]"
+        fit_fs = id_fs = None
+        if every_id is not None:
+            fit_fs, id_fs = every_id.subset(inputs.split[0]), every_id.subset(inputs.split[1])
+            fit_fs.name = f"{inputs.id.name}[fit {inputs.fit_split}]"
+            id_fs.name = f"{inputs.id.name}[rest]"
     else:
-        fit_fs = extract(inputs.fit)
+        fit_fs = extract(inputs.fit, class_stats=_distributed())
         id_fs = extract(inputs.id)
     ood = [extract(src) for src in inputs.ood]
     transfer = [extract(src) for src in inputs.transfer]
     val = [extract(src) for src in inputs.val]
     csid = [extract(src) for src in inputs.csid]
+    if fit_fs is None:
+        return None
     return LayersFeatures(fit=fit_fs, id=id_fs, ood=ood, transfer=transfer, val=val, csid=csid)

@@ -23,6 +23,7 @@ import pandas as pd
 from ..checkpoint.loaded import LoadedCheckpoint
 from ..data.source import DataSource
 from ..data.spec import parse_spec
+from ..distributed import world
 from ..errors import NcprobeError
 from ..report.csvlog import os_error
 from ..report.schema import TRAJECTORY_COLUMNS, RunInfo, stamp
@@ -127,7 +128,9 @@ def measure_collapse(ckpt: LoadedCheckpoint, source: DataSource, run: RunInfo, *
         report(note)
     extract = FeatureExtractor(ckpt, layers=layers, device=device, batch_size=batch_size, cache_dir=cache_dir,
                                use_cache=use_cache, progress=progress)
-    fs = extract(source)
+    fs = extract(source, class_stats=world().distributed)
+    if fs is None:  # a distributed rank other than 0: its share went to rank 0
+        return None, None, [note] if note else [], extract
     return collapse_table(fs, ckpt, run), fs, [note] if note else [], extract
 
 
