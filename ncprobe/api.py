@@ -65,20 +65,21 @@ def _calibrated(ckpt, source, device, batch_size, report, cache_dir, use_cache) 
     return [note] if note else []
 
 
-def _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress, workers=0) -> FeatureExtractor:
+def _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress, workers=0,
+               cache_dtype="float32") -> FeatureExtractor:
     return FeatureExtractor(ckpt, layers=layers, device=device, batch_size=batch_size, cache_dir=cache_dir,
-                            use_cache=use_cache, progress=progress, workers=workers)
+                            use_cache=use_cache, progress=progress, workers=workers, dtype=cache_dtype)
 
 
 def evaluate(checkpoint, data, *, device=None, batch_size=256, cache_dir=None, use_cache=True, progress=True,
-             data_root=None, download=False, checkpoint_options=None, report=None, workers=0) -> float:
+             data_root=None, download=False, checkpoint_options=None, report=None, workers=0, cache_dtype="float32") -> float:
     """Top-1 accuracy of ``checkpoint`` on the labelled set ``data``. ``report(line)`` receives the
     run's notes (the calibrated normalization when nothing said it)."""
     ckpt = resolve_checkpoint(checkpoint, checkpoint_options)
     source = resolve_source(data, data_root=data_root, download=download)
     check_labelled(source, ckpt.num_classes, "evaluation")
     _calibrated(ckpt, source, device, batch_size, report, cache_dir, use_cache)
-    fs = _extractor(ckpt, [], device, batch_size, cache_dir, use_cache, progress, workers)(source)
+    fs = _extractor(ckpt, [], device, batch_size, cache_dir, use_cache, progress, workers, cache_dtype)(source)
     if fs is None:  # a distributed rank other than 0: its share went to rank 0
         return None
     return accuracy(fs, ckpt.num_classes)
@@ -86,7 +87,7 @@ def evaluate(checkpoint, data, *, device=None, batch_size=256, cache_dir=None, u
 
 def collapse(checkpoint, data, *, layers=None, out=None, device=None, batch_size=256, cache_dir=None,
              use_cache=True, progress=True, data_root=None, download=False, checkpoint_options=None,
-             group=None, report=None, workers=0) -> LayersResult:
+             group=None, report=None, workers=0, cache_dtype="float32") -> LayersResult:
     """Per-layer NC statistics of ``checkpoint`` on the labelled set ``data`` (written to ``out/collapse.csv``)."""
     if out is not None:
         check_out(out, ["collapse.csv"])
@@ -94,7 +95,7 @@ def collapse(checkpoint, data, *, layers=None, out=None, device=None, batch_size
     source = resolve_source(data, data_root=data_root, download=download, default_split="train")
     check_labelled(source, ckpt.num_classes, "fit")
     notes = _calibrated(ckpt, source, device, batch_size, report, cache_dir, use_cache)
-    extract = _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress, workers)
+    extract = _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress, workers, cache_dtype)
     fs = extract(source, class_stats=world().distributed)
     if fs is None:  # a distributed rank other than 0: rank 0 reports
         return None
@@ -111,7 +112,7 @@ def layers(checkpoint, id, ood, fit=None, *, scorers=None, layers=None, out=None
            cache_dir=None, use_cache=True, fit_split=None, seed=0, group=None, progress=True, data_root=None,
            download=False, checkpoint_options=None, scorer_params=None, plot=True, transfer=None,
            transfer_fraction=0.5, val_ood=None, save_scores=False, csid=None, ood_groups=None,
-           report=None, workers=0) -> LayersResult:
+           report=None, workers=0, cache_dtype="float32") -> LayersResult:
     """The main job: per-layer NC metrics and OOD scores of ``checkpoint`` for ID set ``id`` against ``ood``.
 
     ``fit`` defaults to the ID set's train split; for a file or folder without one, give ``fit`` or
@@ -134,7 +135,7 @@ def layers_many(checkpoints, id, ood, fit=None, *, scorers=None, layers=None, ou
                 cache_dir=None, use_cache=True, fit_split=None, seed=0, group=None, progress=True, data_root=None,
                 download=False, checkpoint_options=None, scorer_params=None, plot=True, transfer=None,
                 transfer_fraction=0.5, val_ood=None, save_scores=False, csid=None, ood_groups=None,
-                report=None, workers=0) -> list[LayersResult]:
+                report=None, workers=0, cache_dtype="float32") -> list[LayersResult]:
     """:func:`layers` for several checkpoints (e.g. the seeds of a recipe, or every epoch of a run)
     in one call: each is its own run in the same tables, and every dataset is read and decoded once
     for all of them (one pass over its batches feeds every model whose features are not cached).
@@ -168,7 +169,7 @@ def layers_many(checkpoints, id, ood, fit=None, *, scorers=None, layers=None, ou
         labelled = inputs.fit if inputs.fit is not None else inputs.id.subset(inputs.split[0], "fit")
         notes.append(_calibrated(inputs.checkpoint, labelled, device, batch_size, report, cache_dir, use_cache))
     shared = SharedExtractor(ckpts, layers=layers, device=device, batch_size=batch_size, cache_dir=cache_dir,
-                             use_cache=use_cache, progress=progress, workers=workers)
+                             use_cache=use_cache, progress=progress, workers=workers, dtype=cache_dtype)
     results = []
     for i, inputs in enumerate(every):
         extract = shared.view(i)
@@ -195,7 +196,7 @@ class BenchResult:
 def bench(preset, checkpoints, *, data_root=None, sets=None, full_spectrum=False, tune=False, scorers=None,
           layers=None, out=None, device=None, batch_size=256, cache_dir=None, use_cache=True, group=None,
           progress=True, download=False, checkpoint_options=None, scorer_params=None, plot=True,
-          save_scores=False, report=None, workers=0) -> BenchResult:
+          save_scores=False, report=None, workers=0, cache_dtype="float32") -> BenchResult:
     """A standard benchmark (``ncprobe/benchmarks.yaml``: OpenOOD v1.5 CIFAR-10/100, ImageNet-200/1K,
     DDU) for one or more checkpoints: the preset's fit, ID and near/far OOD sets are resolved under
     ``data_root`` (``sets={"svhn": "svhn.npz"}`` points any of them elsewhere), every checkpoint is
@@ -217,7 +218,7 @@ def bench(preset, checkpoints, *, data_root=None, sets=None, full_spectrum=False
                        batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache, group=group,
                        progress=progress, checkpoint_options=checkpoint_options, scorer_params=scorer_params,
                        plot=plot, val_ood=src.val, save_scores=save_scores, csid=src.csid,
-                       ood_groups=src.ood_groups, report=report, workers=workers)
+                       ood_groups=src.ood_groups, report=report, workers=workers, cache_dtype=cache_dtype)
     table = near_far_table(pd.concat([r.ood for r in runs], ignore_index=True))
     table.insert(0, "preset", chosen.name)
     result = BenchResult(preset=chosen.name, runs=runs, table=table)
@@ -269,7 +270,7 @@ class TrajectoryResult:
 
 def collapse_trajectory(checkpoints, data, *, layers=None, out=None, device=None, batch_size=256, cache_dir=None,
                         use_cache=True, progress=True, data_root=None, download=False, checkpoint_options=None,
-                        group=None, plot=True, report=None, workers=0) -> TrajectoryResult:
+                        group=None, plot=True, report=None, workers=0, cache_dtype="float32") -> TrajectoryResult:
     """``collapse`` of every checkpoint in ``checkpoints`` (paths, quoted globs such as
     ``"runs/m.epoch*.safetensors"``, or loaded checkpoints) on the labelled set ``data`` (resolved once),
     as one trajectory ordered by each checkpoint's stored epoch (the given order, with a note, when one
@@ -296,7 +297,8 @@ def collapse_trajectory(checkpoints, data, *, layers=None, out=None, device=None
         run = point_run(ckpt, run_id=shared.run_id, timestamp=shared.timestamp, group=group)
         table, _, point_notes, extract = measure_collapse(ckpt, source, run, layers=layers, device=device,
                                                           batch_size=batch_size, cache_dir=cache_dir,
-                                                          use_cache=use_cache, progress=progress, report=report)
+                                                          use_cache=use_cache, progress=progress, report=report,
+                                                          workers=workers, dtype=cache_dtype)
         points.append((ckpt.name, ckpt.epoch, run, table))
         notes.extend(point_notes)
         from_cache[ckpt.name] = all(extract.from_cache.values())

@@ -148,6 +148,11 @@ def main(argv=None) -> None:
         click.echo(f"error: {_printable(where)}: {reason}; check the path, its permissions and the free space",
                    err=True)
         sys.exit(2)
+    except MemoryError as exc:
+        what = " ".join(str(exc).split()) or "an allocation failed"
+        click.echo(f"error: out of memory ({what}); set a smaller --memory-budget so that features spill to "
+                   "disk, store them as --cache-dtype float16, or probe fewer --layers", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         sys.exit(130)

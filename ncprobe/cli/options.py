@@ -35,7 +35,8 @@ def checkpoint_options(fn):
 
 
 def run_options(fn):
-    """--data-root, --download, --device, --batch-size, --workers, --cache, --no-cache, --quiet."""
+    """--data-root, --download, --device, --batch-size, --workers, --cache, --no-cache, --cache-dtype,
+    --memory-budget, --quiet."""
 
     @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="Where torchvision-named datasets live (default: $NCPROBE_DATA or ~/.cache/ncprobe/data).")
@@ -48,12 +49,24 @@ def run_options(fn):
     @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                   help="Feature cache directory (default: $NCPROBE_CACHE or ~/.cache/ncprobe/features).")
     @click.option("--no-cache", is_flag=True, help="Neither read nor write cached features.")
+    @click.option("--cache-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+                  help="How features are stored (cache and memory); float16 halves both, scorers still compute in float64.")
+    @click.option("--memory-budget", default=None, metavar="SIZE",
+                  help="Memory the run may use, e.g. 8G or 512M (default: $NCPROBE_MEMORY_BUDGET or half the free "
+                       "memory). Larger feature sets spill to disk; scorers that would not fit refuse in one line.")
     @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
     @functools.wraps(fn)
-    def wrapper(*args, data_root, download, device, batch_size, workers, cache_dir, no_cache, quiet, **kwargs):
+    def wrapper(*args, data_root, download, device, batch_size, workers, cache_dir, no_cache, cache_dtype,
+                memory_budget, quiet, **kwargs):
         opts = {"data_root": data_root, "download": download, "device": device, "batch_size": batch_size,
-                "workers": workers, "cache_dir": cache_dir, "use_cache": not no_cache, "progress": not quiet}
-        return fn(*args, run=opts, **kwargs)
+                "workers": workers, "cache_dir": cache_dir, "use_cache": not no_cache, "progress": not quiet,
+                "cache_dtype": cache_dtype}
+        if memory_budget is None:
+            return fn(*args, run=opts, **kwargs)
+        from ..budget import using_memory_budget
+
+        with using_memory_budget(memory_budget):  # for this command only (a malformed size: one line)
+            return fn(*args, run=opts, **kwargs)
 
     return wrapper
 

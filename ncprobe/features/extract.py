@@ -680,7 +680,11 @@ class _Probe:
             t = self.captured.get(name)
             if t is None:
                 raise NcprobeError(f"layer {name!r} produced no tensor for a batch; drop it from --layers")
-            self.arrays[name][pos : pos + n] = t.detach().float().cpu().numpy()  # (cast to the cache dtype)
+            values = t.detach().float().cpu().numpy()
+            if self.job.dtype == "float16" and np.isfinite(values).all() and np.abs(values).max(initial=0) > 65504:
+                raise NcprobeError(f"layer {name!r} of {self.ckpt.name} has values beyond float16's range "
+                                   f"(|x| up to {np.abs(values).max():.3g}); use --cache-dtype float32")
+            self.arrays[name][pos : pos + n] = values
 
 
 def _forward(group, source, dev, batch_size, progress, workers, use_amp, tokens, size) -> list[FeatureSet]:

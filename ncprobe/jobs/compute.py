@@ -82,6 +82,14 @@ def scorer_jobs(layers: list[str], scorers: list[str], head, params: dict | None
     return jobs
 
 
+def _fit_rows(scorer, fit_fs, layer: str, stats: dict):
+    """The fit rows a scorer is given: none when it fits from the layer's class statistics alone
+    (Mahalanobis, RMDS, NCC), so that a fit set larger than memory is never read whole for them."""
+    if stats.get(layer) is not None and scorer._can_use_stats():
+        return None
+    return fit_fs[layer]
+
+
 def tune_scorer(name: str, layer: str, fit_fs, id_fs, val_sets: list, stats: dict, head, fixed: dict):
     """The scorer ``name`` at ``layer`` with its grid's best hyper-parameters, chosen by mean AUROC of
     the ID set against the validation OOD sets only (OpenOOD v1.5's protocol); parameters the user
@@ -101,7 +109,7 @@ def tune_scorer(name: str, layer: str, fit_fs, id_fs, val_sets: list, stats: dic
         try:
             with warnings.catch_warnings():  # e.g. k above the fit size: clipped, then skipped as a repeat
                 warnings.simplefilter("ignore")
-                scorer.fit(fit_fs[layer], fit_fs.labels, head=head, stats=stats.get(layer))
+                scorer.fit(_fit_rows(scorer, fit_fs, layer, stats), fit_fs.labels, head=head, stats=stats.get(layer))
             effective = params_string(scorer.effective_params())
             if effective in seen:
                 continue
@@ -137,7 +145,7 @@ def ood_frame(fit_fs, id_fs, ood_sets: list, stats: dict, head, scorers: list[st
         if tuned is not None:
             scorer = tuned
         else:
-            scorer.fit(fit_fs[layer], fit_fs.labels, head=head, stats=stats.get(layer))
+            scorer.fit(_fit_rows(scorer, fit_fs, layer, stats), fit_fs.labels, head=head, stats=stats.get(layer))
         id_scores = scorer.score(id_fs[layer])
         effective = params_string(scorer.effective_params())
         if collect is not None:

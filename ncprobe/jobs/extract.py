@@ -29,10 +29,11 @@ class FeatureExtractor:
     set of extraction options; ``from_cache`` maps each set's name to whether it was a cache hit."""
 
     def __init__(self, ckpt: LoadedCheckpoint, *, layers=None, device=None, batch_size: int = 256, cache_dir=None,
-                 use_cache: bool = True, progress: bool = True, workers: int = 0):
+                 use_cache: bool = True, progress: bool = True, workers: int = 0, dtype: str = "float32"):
         self.ckpt = ckpt
         self.options = {"layers": layers, "device": device, "batch_size": batch_size, "cache_dir": cache_dir,
-                        "use_cache": use_cache, "progress": progress, "workers": workers}
+                        "use_cache": use_cache, "progress": progress, "workers": workers,
+                        "dtype": dtype}
         self.from_cache: dict[str, bool] = {}
 
     def __call__(self, source: DataSource, *, class_stats: bool = False) -> FeatureSet | None:
@@ -60,11 +61,13 @@ class SharedExtractor:
     """
 
     def __init__(self, ckpts: list[LoadedCheckpoint], *, layers=None, device=None, batch_size: int = 256,
-                 cache_dir=None, use_cache: bool = True, progress: bool = True, workers: int = 0):
+                 cache_dir=None, use_cache: bool = True, progress: bool = True, workers: int = 0,
+                 dtype: str = "float32"):
         self.ckpts = list(ckpts)
         batch = min(bounded_batch(batch_size, c.input_size) for c in self.ckpts)
         self.options = {"layers": layers, "device": device, "batch_size": batch, "cache_dir": cache_dir,
-                        "use_cache": use_cache, "progress": progress, "workers": workers}
+                        "use_cache": use_cache, "progress": progress, "workers": workers,
+                        "dtype": dtype}
         self._held: dict[tuple[str, int], FeatureSet] = {}
         self.passes = 0  # forward passes over a source (a test counts them)
 

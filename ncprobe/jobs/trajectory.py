@@ -119,7 +119,7 @@ def point_run(ckpt: LoadedCheckpoint, *, run_id: str | None = None, timestamp: s
 
 def measure_collapse(ckpt: LoadedCheckpoint, source: DataSource, run: RunInfo, *, layers=None, device=None,
                      batch_size: int = 256, cache_dir=None, use_cache: bool = True, progress: bool = False,
-                     report=None):
+                     report=None, workers: int = 0, dtype: str = "float32"):
     """(collapse rows, fit features, notes, extractor) of ``ckpt`` on the labelled ``source``: the steps of
     :func:`ncprobe.api.collapse`, in its order."""
     check_labelled(source, ckpt.num_classes, "fit")
@@ -127,7 +127,7 @@ def measure_collapse(ckpt: LoadedCheckpoint, source: DataSource, run: RunInfo, *
     if note and report is not None:
         report(note)
     extract = FeatureExtractor(ckpt, layers=layers, device=device, batch_size=batch_size, cache_dir=cache_dir,
-                               use_cache=use_cache, progress=progress)
+                               use_cache=use_cache, progress=progress, workers=workers, dtype=dtype)
     fs = extract(source, class_stats=world().distributed)
     if fs is None:  # a distributed rank other than 0: its share went to rank 0
         return None, None, [note] if note else [], extract
