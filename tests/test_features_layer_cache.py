@@ -77,3 +77,28 @@ def test_firing_order_puts_containers_after_their_children_and_logits_last():
     order = ex.firing_order(ckpt)
     assert order["stage1.0"] < order["stage1.2"] < order["stage1"] < order["stage2"] < order["penultimate"]
     assert order["penultimate"] < order["head"] < order["logits"] == max(order.values())
+
+
+def test_float16_storage_is_the_float32_features_rounded_and_keyed_apart(tmp_path):
+    ckpt = make_checkpoint(TinyNet(4), "head", ["stage1", "stage2"], sha="b2" * 32)
+    src = make_source(n=10)
+    half = extract_features(ckpt, src, cache_dir=tmp_path, progress=False, dtype="float16")
+    full = extract_features(ckpt, src, cache_dir=tmp_path, progress=False)
+    assert not full.from_cache  # another dtype, another entry
+    for layer in full.layers:
+        assert half[layer].dtype == np.float16 and full[layer].dtype == np.float32
+        np.testing.assert_array_equal(half[layer], full[layer].astype(np.float16))
+    assert extract_features(ckpt, src, cache_dir=tmp_path, progress=False, dtype="float16").from_cache
+
+
+def test_float16_overflow_is_a_one_line_error(tmp_path):
+    import torch
+
+    net = TinyNet(4)
+    with torch.no_grad():
+        net.head.bias.fill_(1e6)  # logits far beyond float16's 65504
+    ckpt = make_checkpoint(net, "head", ["stage1"])
+    with pytest.raises(ex.NcprobeError, match="float16's range.*--cache-dtype float32"):
+        extract_features(ckpt, make_source(n=6), use_cache=False, progress=False, dtype="float16")
+    with pytest.raises(ex.NcprobeError, match="unknown feature dtype"):
+        extract_features(ckpt, make_source(n=6), use_cache=False, progress=False, dtype="int8")

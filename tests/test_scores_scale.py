@@ -207,3 +207,27 @@ def test_knn_scale_param_errors():
     for bad in ({"fit_fraction": 0.0}, {"fit_fraction": 1.5}, {"index": "hnsw"}, {"nlist": 0}, {"nprobe": 0}):
         with pytest.raises(ScoringError):
             get_scorer("knn", **bad)
+
+
+def test_several_gpus_shard_the_faiss_index_and_one_gpu_clones_it():
+    """The wiring of faiss's multi-GPU path (no GPU here): a fake faiss records what was asked."""
+    from types import SimpleNamespace
+
+    from ncprobe.scores.neighbours import _to_gpus
+
+    calls = []
+
+    class Options:
+        shard = False
+
+    def fake(ngpu):
+        return SimpleNamespace(
+            get_num_gpus=lambda: ngpu, GpuMultipleClonerOptions=Options,
+            index_cpu_to_all_gpus=lambda index, co, ngpu: calls.append(("all", co.shard, ngpu)) or "sharded",
+            StandardGpuResources=lambda: "res",
+            index_cpu_to_gpu=lambda res, dev, index: calls.append(("one", res, dev)) or "cloned")
+
+    owner = SimpleNamespace()
+    assert _to_gpus(fake(4), "flat", owner) == ("sharded", "faiss-gpux4")
+    assert _to_gpus(fake(1), "flat", owner, ivf=True) == ("cloned", "faiss-ivf-gpu")
+    assert calls == [("all", True, 4), ("one", "res", 0)] and owner._gpu_res == "res"

@@ -71,6 +71,20 @@ def _faiss():
     return faiss
 
 
+def _to_gpus(faiss, index, owner, ivf: bool = False):
+    """``index`` on the GPU, or sharded over every visible GPU when there are several (each holds
+    1/G of the fit rows; faiss merges the per-shard top-k, so the search stays exact for a flat
+    index). Returns (index, backend name)."""
+    kind = "faiss-ivf-gpu" if ivf else "faiss-gpu"
+    gpus = faiss.get_num_gpus()
+    if gpus > 1:
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True
+        return faiss.index_cpu_to_all_gpus(index, co=options, ngpu=gpus), f"{kind}x{gpus}"
+    owner._gpu_res = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(owner._gpu_res, 0, index), kind
+
+
 def faiss_gpu_available() -> bool:
     """True when the installed faiss has GPU support and sees at least one GPU."""
     try:
@@ -395,9 +409,7 @@ class KNN(Scorer):
         index = faiss.IndexFlatIP(d) if unit else faiss.IndexFlatL2(d)
         index.add(fit)
         if gpu_faiss and self.k_ <= 2048:  # faiss GPU k-selection limit
-            self._gpu_res = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
-            self.backend_ = "faiss-gpu"
+            index, self.backend_ = _to_gpus(faiss, index, self)
         self._engine = index
 
     def _fit_ivf(self, fit, unit, gpu_faiss) -> None:
@@ -417,9 +429,7 @@ class KNN(Scorer):
         index.nprobe = self.nprobe_
         self.backend_ = "faiss-ivf"
         if gpu_faiss and self.k_ <= 2048:
-            self._gpu_res = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
-            self.backend_ = "faiss-ivf-gpu"
+            index, self.backend_ = _to_gpus(faiss, index, self, ivf=True)
         self._engine = index
         # recall of the IVF neighbours against exact search, leave-one-out on seeded fit rows
         kk = min(self.k_, n - 1)
