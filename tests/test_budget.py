@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import ncprobe.budget as budget
@@ -66,3 +67,19 @@ def test_check_memory_one_line():
             budget.check_memory(2**20 + 1, "the thing", "use less")
     msg = str(err.value)
     assert "\n" not in msg and "the thing" in msg and "use less" in msg and "1.0 MiB" in msg
+
+
+def test_a_scorer_that_copies_the_fit_matrix_refuses_beyond_the_budget():
+    """ViM reads the whole fit matrix as float64: over the budget it says so in one line, before copying."""
+    from ncprobe.budget import using_memory_budget
+    from ncprobe.errors import ScoringError
+    from ncprobe.scores import get_scorer
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 32)).astype(np.float32)  # a float64 copy: 400 * 32 * 8 = 102400 bytes
+    w, b = rng.standard_normal((5, 32)), np.zeros(5)
+    with using_memory_budget(100_000), pytest.raises(ScoringError, match=r"vim's fit \(400 x 32 float64\)") as info:
+        get_scorer("vim").fit(x, head=(w, b))
+    assert "\n" not in str(info.value) and "mahalanobis" in str(info.value)
+    with using_memory_budget(110_000):
+        get_scorer("vim").fit(x, head=(w, b))  # just fits

@@ -123,6 +123,8 @@ class Scorer:
             dtype = self._dtype
             if self._fit_in_blocks and getattr(features, "dtype", None) in (np.float32, np.float64):
                 dtype = None  # keep the rows as they are (e.g. a float32 memmap); converted per block
+            elif dtype is not None and hasattr(features, "shape") and len(features.shape) == 2:
+                self._check_fit_copy(features, dtype)
             x = check_matrix(features, f"fit {self.input}", dtype=dtype)
         y = None
         if (
@@ -143,6 +145,19 @@ class Scorer:
             )
         self.dim_ = dim
         self._fit(x, y, h, stats)
+
+    def _check_fit_copy(self, features, dtype) -> None:
+        """Before a scorer that reads the whole fit matrix makes its ``dtype`` copy: refuse (one line)
+        when that copy alone exceeds the memory budget, instead of running out of memory later."""
+        from ..budget import check_memory
+
+        rows, cols = int(features.shape[0]), int(features.shape[1])
+        same = isinstance(features, np.ndarray) and not isinstance(features, np.memmap) and features.dtype == dtype
+        if same:
+            return  # no copy is made
+        check_memory(rows * cols * np.dtype(dtype).itemsize, f"{self.name}'s fit ({rows} x {cols} {np.dtype(dtype).name})",
+                     "scorers that fit from class statistics (mahalanobis, rmds, ncc) or from the logits need no "
+                     "such copy; score a narrower layer or a subsample of the fit set (@n=...)", error=ScoringError)
 
     def _can_use_stats(self) -> bool:
         """True where ``_fit`` can work from ``stats`` alone (then features may be None)."""
