@@ -136,6 +136,17 @@ def gather_to_main(obj, what: str = "gathering features"):
     return out
 
 
+def all_gather(obj, what: str = "sharing state"):
+    """Every rank's ``obj`` in rank order, on every rank."""
+    if not _WORLD.distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * _WORLD.size
+    _collective(what, dist.all_gather_object, out, obj)
+    return out
+
+
 def broadcast_from_main(obj, what: str = "sharing the plan"):
     """Rank 0's ``obj`` on every rank."""
     if not _WORLD.distributed:

@@ -109,18 +109,42 @@ def _join_distributed():
 
 
 def main(argv=None) -> None:
-    """Console entry point: runs the group and turns user mistakes into one-line errors, exit 2."""
+    """Console entry point: runs the group and turns user mistakes into one-line errors, exit 2.
+
+    Under torchrun, every rank leaves with ``os._exit`` once its output is flushed: the backend's
+    threads are then not torn down under a peer that is still running or already gone (which
+    aborts a process at exit, with a second line on stderr). Everything a run writes is complete
+    (atomic renames) before that point."""
+    import os
+
+    try:
+        _main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not _leave_hard(code):
+            raise
+    if _leave_hard(code):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+def _leave_hard(code: int) -> bool:
+    """Under torchrun: every rank (its CSVs and cache entries are complete files by then)."""
+    from ..distributed import world
+
+    return world().distributed
+
+
+def _main(argv=None) -> None:
     warnings.formatwarning = _one_line_warning  # a warning is one line too, without the source line
     try:
-        if _join_distributed() is not None:
-            from ..distributed import shutdown
-
-            try:
-                cli.main(args=argv, prog_name="ncprobe", standalone_mode=False)
-            finally:
-                shutdown()
-        else:
-            cli.main(args=argv, prog_name="ncprobe", standalone_mode=False)
+        _join_distributed()  # under torchrun every rank leaves through os._exit in main(), group left as is
+        cli.main(args=argv, prog_name="ncprobe", standalone_mode=False)
     except NcprobeError as exc:
         message = exc.render(flag_for) if isinstance(exc, ParameterError) else str(exc)
         click.echo(f"error: {message}", err=True)

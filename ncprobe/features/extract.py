@@ -580,44 +580,57 @@ def extract_many(
 
 def _forward_sharded(group, source, dev, batch_size, progress, workers, use_amp, tokens, size, shard_summary):
     """This rank's batches of ``source`` through every model of ``group``; on rank 0 the whole sets
-    assembled in the source's order, elsewhere None."""
-    from ..distributed import gather_to_main, shard_rows, world
+    assembled in the source's order, elsewhere None.
+
+    Every rank first shares what it holds (rows, layers, widths, statistics: small); the feature
+    arrays then travel to rank 0 one block at a time (at most a sixteenth of the memory budget from
+    all ranks together), straight into rank 0's arrays, which spill to disk when large."""
+    from ..budget import memory_budget
+    from ..distributed import all_gather, gather_to_main, shard_rows, world
 
     w = world()
     rows = shard_rows(len(source), batch_size, w.rank, w.size)
-    parts = None
+    sets = None
     if rows.size:
         shard = source.subset(rows, "")
         sets = _forward(group, shard, dev, batch_size, progress and w.is_main, workers, use_amp, tokens, size)
-        parts = [(fs.layers, fs.features, fs.labels, fs.seconds,
-                  None if shard_summary is None else shard_summary(i, fs)) for (i, _), fs in zip(group, sets, strict=True)]
-    gathered = gather_to_main((rows, parts))
-    if not w.is_main:
-        return None
+    head = None if sets is None else [
+        (fs.layers, {k: (fs[k].shape[1], str(fs[k].dtype)) for k in fs.layers}, fs.labels, fs.seconds,
+         None if shard_summary is None else shard_summary(i, fs)) for (i, _), fs in zip(group, sets, strict=True)]
+    heads = all_gather((rows, head, memory_budget()), "sharing what each rank extracted")
+    holders = [(r, rr, hh) for r, (rr, hh, _) in enumerate(heads) if hh is not None]
+    budget = min(b for _, _, b in heads)  # one block size for all ranks: the same number of collectives
     n = len(source)
     out = []
     for j in range(len(group)):
-        layers, arrays, labels = None, {}, np.full(n, -1, dtype=np.int64)
-        summaries, seconds = [], 0.0
-        for rank_rows, rank_parts in gathered:
-            if rank_parts is None:
-                continue
-            r_layers, r_arrays, r_labels, r_seconds, r_summary = rank_parts[j]
-            if layers is None:
-                layers = list(r_layers)
-                arrays = {k: feature_array(n, r_arrays[k].shape[1], str(r_arrays[k].dtype)) for k in layers}
-            elif list(r_layers) != layers:
+        layers = list(holders[0][2][j][0])
+        for _, _, hh in holders:
+            if list(hh[j][0]) != layers:
                 raise NcprobeError(f"the ranks probed different layers of {group[j][1].ckpt.name} ({layers} vs "
-                                   f"{list(r_layers)}); give the same --layers to every rank")
-            for k in layers:
-                arrays[k][rank_rows] = r_arrays[k]
-            labels[rank_rows] = r_labels
-            seconds = max(seconds, r_seconds)
-            summaries.append(r_summary)
-        fs = FeatureSet(name=source.name, layers=layers, features=arrays, labels=labels, seconds=seconds)
-        fs.shard_summaries = summaries if shard_summary is not None else None
+                                   f"{list(hh[j][0])}); give the same --layers to every rank")
+        widths = holders[0][2][j][1]
+        arrays = ({k: feature_array(n, widths[k][0], widths[k][1]) for k in layers} if w.is_main else {})
+        for k in layers:
+            row_bytes = widths[k][0] * np.dtype(widths[k][1]).itemsize
+            block = max(1, budget // 16 // max(1, row_bytes * w.size))
+            longest = max(len(rr) for _, rr, _ in holders)
+            for start in range(0, longest, block):
+                mine = None if sets is None else sets[j][k][start : start + block]
+                got = gather_to_main(mine, "gathering features")
+                if w.is_main:
+                    for r, rr, _ in holders:
+                        if got[r] is not None and len(got[r]):
+                            arrays[k][rr[start : start + len(got[r])]] = got[r]
+        if not w.is_main:
+            continue
+        labels = np.full(n, -1, dtype=np.int64)
+        for _, rr, hh in holders:
+            labels[rr] = hh[j][2]
+        fs = FeatureSet(name=source.name, layers=layers, features=arrays, labels=labels,
+                        seconds=max(hh[j][3] for _, _, hh in holders))
+        fs.shard_summaries = [hh[j][4] for _, _, hh in holders] if shard_summary is not None else None
         out.append(fs)
-    return out
+    return out if w.is_main else None
 
 
 class _Probe:

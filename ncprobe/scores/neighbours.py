@@ -229,11 +229,13 @@ def fit_subset(n: int, fraction: float, seed: int) -> np.ndarray | None:
 def knn_fit_bytes(n: int, d: int, index: str = "exact", input_itemsize: int = 4) -> int:
     """Closed-form peak bytes of a knn fit: the float32 unit rows (4 n d, kept for the distances),
     the engine's copy of them (4 n d; IVF: + 8 n ids), a float32 copy of non-float32 input (4 n d)
-    and the fixed search buffers (256 MiB)."""
+    and the search buffers: float32 similarities of a query block against every fit row, at most
+    4 workers x 2^24 values (256 MiB), fewer for a small fit set (4 workers x 1024 rows x n)."""
     n, d = int(n), int(d)
     engine = 4 * n * d + (8 * n if index == "ivf" else 0)
     convert = 4 * n * d if input_itemsize != 4 else 0
-    return 4 * n * d + engine + convert + _SEARCH_WORK_BYTES
+    work = min(_SEARCH_WORK_BYTES, 4 * 4 * _MAX_BLOCK_ROWS * n)
+    return 4 * n * d + engine + convert + work
 
 
 def exact_top_k(queries: np.ndarray, fit: np.ndarray, k: int, exclude: np.ndarray | None = None,
