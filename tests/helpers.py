@@ -102,3 +102,17 @@ def head_problem(seed=0, n=300, d=16, c=5, spread=1.0, bias=None):
     z, _ = draw(200)
     ood = np.abs(1.5 * rng.standard_normal((200, d)) + 1.0)
     return x, y, w, b, np.vstack([z, ood])
+
+
+def run_main(args, capsys) -> tuple[int, str, str]:
+    """Run the console entry point as a user would (one-line errors, exit codes):
+    (exit code, stdout, stderr)."""
+    import pytest
+
+    from ncprobe.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err

@@ -10,9 +10,9 @@ import scipy.io
 import torch
 
 from ncprobe.api import bench
-from ncprobe.cli import main
 from ncprobe.jobs.presets import load_presets
 from ncprobe.models import create_model
+from tests.helpers import run_main
 
 OPTS = ["--arch", "small_cnn", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--input-size", "16"]
 CKPT_OPTS = {"arch": "small_cnn", "mean": "0.5,0.5,0.5", "std": "0.25,0.25,0.25", "input_size": "16"}
@@ -55,11 +55,7 @@ def ckpts(tmp_path):
 
 
 def _run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
+    return run_main(args, capsys)
 
 
 def test_every_shipped_preset_is_valid_and_has_the_openood_groups():

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ncprobe.cli import main
+from tests.helpers import run_main
 
 
 def _trajectory(path):
@@ -29,11 +29,7 @@ def _trajectory(path):
 
 
 def _run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
+    return run_main(args, capsys)
 
 
 def test_first_epoch_below_per_recipe_matches_a_hand_computation(tmp_path, capsys):

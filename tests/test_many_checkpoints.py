@@ -10,9 +10,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ncprobe.api import layers, layers_many
-from ncprobe.cli import cli, main
+from ncprobe.cli import cli
 from ncprobe.data import items
 from ncprobe.models import create_model
+from tests.helpers import run_main
 
 OPTS = {"arch": "small_cnn", "mean": "0.5,0.5,0.5", "std": "0.25,0.25,0.25", "input_size": "16"}
 # the columns that differ between two runs of the same thing (identity and time)
@@ -53,12 +54,8 @@ def _strip(df):
 
 
 def _main(args, capsys) -> tuple[int, str]:
-    """Run the console entry point (one-line errors, exit codes) and return (code, stdout + stderr)."""
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return info.value.code, out.out + out.err
+    code, out, err = run_main(args, capsys)
+    return code, out + err
 
 
 def test_many_equals_separate_calls_and_reads_each_image_once(tmp_path, sets, monkeypatch, one_torch_thread):

@@ -29,14 +29,9 @@ PIXEL = 1 / 255 + 1e-6  # PIL rounding: one grey level, in [0, 1] units
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(monkeypatch, tmp_path):
-    empty = tmp_path / "empty-registry.yaml"
-    empty.write_text("checkpoints: []\n")
-    monkeypatch.setenv("NCPROBE_REGISTRY", str(empty))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(empty_registry, one_torch_thread):
+    """No checkpoints.yaml entries and one torch thread (conftest's fixtures) for every test here."""
     yield
-    torch.set_num_threads(n)
 
 
 def _smooth(rng, h, w):
