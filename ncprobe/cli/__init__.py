@@ -23,7 +23,7 @@ COMMANDS = {
     "collapse": ("collapse_cmd", "Neural-collapse statistics (NC1-NC4) for every probed layer."),
     "layers": ("layers_cmd", "Per-layer NC statistics and OOD scores: the main job."),
     "bench": ("bench_cmd", "A standard benchmark (OpenOOD v1.5, DDU) on one or more checkpoints: near/far table."),
-    "leaderboard": ("leaderboard_cmd", "Rank checkpoints x scorers from an ood.csv."),
+    "leaderboard": ("leaderboard_cmd", "Rank checkpoints x scorers from an ood.csv; compare training curves."),
     "finetune": ("finetune_cmd", "Train or fine-tune with the L2, fixed-ETF and entropy NC controls."),
     "demo": ("demo_cmd", "The whole pipeline on scikit-learn's digits, no download."),
 }
