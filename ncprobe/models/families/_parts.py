@@ -1,5 +1,5 @@
-"""Pieces shared by the architecture families: reading a state_dict's key layout, naming VGG's
-pooling stages, building a stage of residual blocks, and the common weight initialization."""
+"""Pieces shared by the architecture families: reading a state_dict's key layout (block indices,
+a VGG's conv configuration), naming VGG's pooling stages, building a stage of residual blocks, and the common weight initialization."""
 
 from __future__ import annotations
 
@@ -17,6 +17,42 @@ def key_indices(shapes: dict, regex: re.Pattern) -> dict[str, set[int]]:
         if m:
             out.setdefault(m.group(1), set()).add(int(m.group(2)))
     return out
+
+
+def vgg_cfg_from_keys(shapes: dict, prefix: str = "features.", kernel: tuple | None = (3, 3)) -> tuple[tuple, bool] | None:
+    """(cfg, batch_norm) read back from the conv/BN indices of a ``features`` Sequential.
+
+    Convs are the 4-D ``weight``s; a BN follows a conv when ``{i+1}.running_mean`` exists; a gap of
+    one index more than conv(-BN)-ReLU between two convs is a max-pool. The pool after the last conv
+    leaves no key, so the last 'M' is assumed (every VGG ends with one). ``kernel``: the spatial
+    size every conv must have (None: any).
+    """
+    convs = {}
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.weight$")
+    for key, shape in shapes.items():
+        m = pat.match(key)
+        if m and len(shape) == 4:
+            convs[int(m.group(1))] = shape
+    if not convs:
+        return None
+    idx = sorted(convs)
+    bn = f"{prefix}{idx[0] + 1}.running_mean" in shapes
+    step = 3 if bn else 2
+    if idx[0] != 0:
+        return None
+    cfg: list = []
+    for j, i in enumerate(idx):
+        if kernel is not None and tuple(convs[i][2:]) != tuple(kernel):
+            return None
+        cfg.append(convs[i][0])
+        if j + 1 < len(idx):
+            gap = idx[j + 1] - i
+            if gap == step + 1:
+                cfg.append("M")
+            elif gap != step:
+                return None
+    cfg.append("M")
+    return tuple(cfg), bn
 
 
 def vgg_pool_names(cfg, batch_norm: bool = True, prefix: str = "features.") -> tuple[str, ...]:

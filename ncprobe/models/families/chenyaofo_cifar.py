@@ -45,12 +45,10 @@ from torch import nn
 
 from ..registry import register_arch_inferrer, register_arch_pattern, register_spec
 from ..spec import ArchSpec
-from ._parts import key_indices, vgg_pool_names
+from ._parts import key_indices, vgg_cfg_from_keys, vgg_pool_names
 
 CIFAR = (3, 32, 32)
 IMAGENET_CLASSES = 1000
-
-
 
 
 
@@ -188,40 +186,6 @@ def vgg_features(cfg, batch_norm: bool = True, in_channels: int = 3) -> nn.Seque
 
 
 
-
-def vgg_cfg_from_keys(shapes: dict, prefix: str = "features.") -> tuple[tuple, bool] | None:
-    """(cfg, batch_norm) read back from the conv/BN indices of a ``features`` Sequential.
-
-    Convs are the 4-D ``weight``s; a BN follows a conv when ``{i+1}.running_mean`` exists; a gap of
-    one index more than conv(-BN)-ReLU between two convs is a max-pool. The pool after the last conv
-    leaves no key, so the last 'M' is assumed (every VGG ends with one).
-    """
-    convs = {}
-    pat = re.compile(re.escape(prefix) + r"(\d+)\.weight$")
-    for key, shape in shapes.items():
-        m = pat.match(key)
-        if m and len(shape) == 4:
-            convs[int(m.group(1))] = shape
-    if not convs:
-        return None
-    idx = sorted(convs)
-    bn = f"{prefix}{idx[0] + 1}.running_mean" in shapes
-    step = 3 if bn else 2
-    if idx[0] != 0:
-        return None
-    cfg: list = []
-    for j, i in enumerate(idx):
-        if convs[i][2:] != (3, 3):
-            return None
-        cfg.append(convs[i][0])
-        if j + 1 < len(idx):
-            gap = idx[j + 1] - i
-            if gap == step + 1:
-                cfg.append("M")
-            elif gap != step:
-                return None
-    cfg.append("M")
-    return tuple(cfg), bn
 
 
 class CifarVGG(nn.Module):

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..registry import register_arch_inferrer, register_arch_pattern, register_spec
 from ..spec import ArchSpec
-from ._parts import key_indices, make_stage, vgg_pool_names
+from ._parts import key_indices, make_stage, vgg_cfg_from_keys, vgg_pool_names
 
 CIFAR = (3, 32, 32)
 
@@ -204,34 +204,14 @@ class VGGCifar(nn.Module):
 
 
 
-def _vgg_cfg(shapes: dict) -> tuple | None:
-    """The conv configuration read back from ``features.{i}`` conv/BN indices (see chenyaofo_cifar)."""
-    convs = {}
-    for key, shape in shapes.items():
-        m = re.match(r"features\.(\d+)\.weight$", key)
-        if m and len(shape) == 4:
-            convs[int(m.group(1))] = shape
-    idx = sorted(convs)
-    if not idx or idx[0] != 0 or "features.1.running_mean" not in shapes:
-        return None
-    cfg: list = []
-    for j, i in enumerate(idx):
-        cfg.append(convs[i][0])
-        if j + 1 < len(idx):
-            gap = idx[j + 1] - i
-            if gap == 4:
-                cfg.append("M")
-            elif gap != 3:
-                return None
-    return tuple(cfg) + ("M",)
-
-
 def _infer_vgg(shapes: dict) -> list[str]:
     head = shapes.get("classifier.weight")
     if head is None or len(head) != 2:
         return []
-    cfg = _vgg_cfg(shapes)
-    return [f"vgg{d}_cifar" for d, c in VGG_CFGS.items() if c == cfg]
+    found = vgg_cfg_from_keys(shapes, kernel=None)
+    if found is None or not found[1]:  # kuangliu's VGG always has BatchNorm
+        return []
+    return [f"vgg{d}_cifar" for d, c in VGG_CFGS.items() if c == found[0]]
 
 
 # ================================================================ MobileNetV2 (kuangliu layout)

@@ -50,7 +50,7 @@ from torch import nn
 from ...errors import CheckpointError
 from ..registry import get_arch, register_arch, register_arch_inferrer, register_arch_pattern
 from ..spec import ArchSpec
-from ._parts import key_indices, vgg_pool_names
+from ._parts import key_indices, vgg_cfg_from_keys, vgg_pool_names
 
 PREFIX = "tv:"
 _SPECS: dict[str, ArchSpec] = {}  # every fixed tv: spec, by name
@@ -195,35 +195,11 @@ VGG_CFGS = {
 
 
 
-def _vgg_cfg(shapes: dict) -> tuple[tuple, bool] | None:
-    """(cfg, batch_norm) from the conv/BN indices of ``features`` (a gap of one more index = a pool)."""
-    convs = {}
-    for key, shape in shapes.items():
-        m = re.match(r"features\.(\d+)\.weight$", key)
-        if m and len(shape) == 4:
-            convs[int(m.group(1))] = shape
-    idx = sorted(convs)
-    if not idx or idx[0] != 0:
-        return None
-    bn = "features.1.running_mean" in shapes
-    step = 3 if bn else 2
-    cfg: list = []
-    for j, i in enumerate(idx):
-        cfg.append(convs[i][0])
-        if j + 1 < len(idx):
-            gap = idx[j + 1] - i
-            if gap == step + 1:
-                cfg.append("M")
-            elif gap != step:
-                return None
-    return tuple(cfg) + ("M",), bn
-
-
 def _infer_vgg(shapes: dict) -> list[str]:
     fc0 = shapes.get("classifier.0.weight")
     if fc0 is None or "classifier.6.weight" not in shapes or len(fc0) != 2:
         return []
-    found = _vgg_cfg(shapes)
+    found = vgg_cfg_from_keys(shapes, kernel=None)
     if found is None:
         return []
     cfg, bn = found
