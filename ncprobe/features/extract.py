@@ -19,6 +19,7 @@ import sys
 import time
 import types
 import warnings
+import weakref
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,7 +323,7 @@ class _Job:
     names: list[str]  # the probe points the forward pass must capture (those not cached)
     every_module: bool
     base: str | None = None  # the set's cache key (None: no cache)
-    cached: dict = field(default_factory=dict)  # layer -> (features, order) read from the cache
+    cached: dict = field(default_factory=dict)  # layer -> (features, order, entry meta) read from the cache
     unreadable: set = field(default_factory=set)  # layers whose entry we may not read: never overwritten
     dtype: str = "float32"  # how the features are stored (float16 halves memory and disk)
 
@@ -418,15 +419,27 @@ def _assemble(name: str, parts: dict, labels, *, from_cache: bool, seconds: floa
                       from_cache=from_cache, seconds=seconds, meta=meta)
 
 
+#: model -> its firing order (it depends on the architecture only, so once per model object)
+_FIRING_ORDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def firing_order(ckpt: LoadedCheckpoint) -> dict[str, int]:
     """Every probe point's position in the order a forward pass produces them (modules by the end of
     their forward, ``penultimate`` when the classifier is entered, ``logits`` last), from one forward
-    pass of two blank images with a hook on every module. Cached layers are sorted by it, so that a
-    set assembled from entries of different runs has the layer order of one fresh extraction."""
-    model = ckpt.model
-    order: dict[str, int] = {}
+    pass of two blank images with a hook on every module (once per model object). Cached layers are
+    sorted by it, so that a set assembled from entries of different runs has the layer order of one
+    fresh extraction."""
     if not ckpt.hookable:
         return {LOGITS: 0}
+    known = _FIRING_ORDERS.get(ckpt.model)
+    if known is None:
+        known = _FIRING_ORDERS[ckpt.model] = _measure_firing_order(ckpt)
+    return dict(known)
+
+
+def _measure_firing_order(ckpt: LoadedCheckpoint) -> dict[str, int]:
+    model = ckpt.model
+    order: dict[str, int] = {}
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     x = torch.zeros((2, *tuple(int(v) for v in ckpt.input_size)), device=device)
@@ -694,10 +707,18 @@ class _Probe:
             if t is None:
                 raise NcprobeError(f"layer {name!r} produced no tensor for a batch; drop it from --layers")
             values = t.detach().float().cpu().numpy()
-            if self.job.dtype == "float16" and np.isfinite(values).all() and np.abs(values).max(initial=0) > 65504:
-                raise NcprobeError(f"layer {name!r} of {self.ckpt.name} has values beyond float16's range "
-                                   f"(|x| up to {np.abs(values).max():.3g}); use --cache-dtype float32")
+            if self.job.dtype == "float16":
+                _check_float16_range(values, name, self.ckpt.name)
             self.arrays[name][pos : pos + n] = values
+
+
+def _check_float16_range(values: np.ndarray, layer: str, model: str) -> None:
+    """Finite features beyond float16's range would be stored as inf: a one-line error instead."""
+    finite = values[np.isfinite(values)]
+    peak = float(np.abs(finite).max(initial=0.0))
+    if peak > np.finfo(np.float16).max:
+        raise NcprobeError(f"layer {layer!r} of {model} has values beyond float16's range (|x| up to {peak:.3g}); "
+                           "use --cache-dtype float32")
 
 
 def _forward(group, source, dev, batch_size, progress, workers, use_amp, tokens, size) -> list[FeatureSet]:
