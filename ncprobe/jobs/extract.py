@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 from ..checkpoint.loaded import LoadedCheckpoint, input_size_error
 from ..data.source import DataSource
-from ..features import extract_features
 from ..features.extract import extract_many
 from ..features.featureset import FeatureSet
 from .inputs import LayersInputs
@@ -22,33 +21,6 @@ def bounded_batch(batch_size: int, input_size) -> int:
     :data:`BATCH_INPUT_BYTES` (never below 1). Results do not depend on the batch size."""
     per_image = 4 * int(input_size[0]) * int(input_size[1]) * int(input_size[2])
     return max(1, min(int(batch_size), BATCH_INPUT_BYTES // max(per_image, 1)))
-
-
-class FeatureExtractor:
-    """``extractor(source)`` -> the :class:`FeatureSet` of ``source`` under one checkpoint and one
-    set of extraction options; ``from_cache`` maps each set's name to whether it was a cache hit."""
-
-    def __init__(self, ckpt: LoadedCheckpoint, *, layers=None, device=None, batch_size: int = 256, cache_dir=None,
-                 use_cache: bool = True, progress: bool = True, workers: int = 0, dtype: str = "float32"):
-        self.ckpt = ckpt
-        self.options = {"layers": layers, "device": device, "batch_size": batch_size, "cache_dir": cache_dir,
-                        "use_cache": use_cache, "progress": progress, "workers": workers,
-                        "dtype": dtype}
-        self.from_cache: dict[str, bool] = {}
-
-    def __call__(self, source: DataSource, *, class_stats: bool = False) -> FeatureSet | None:
-        """The features of ``source`` (None on a distributed rank other than 0)."""
-        options = dict(self.options, batch_size=bounded_batch(self.options["batch_size"], self.ckpt.input_size))
-        try:
-            fs = extract_features(self.ckpt, source, **options)
-        except RuntimeError as exc:  # the model's forward on our inputs: a wrong input size reads as one
-            err = input_size_error(self.ckpt, exc)
-            if err is None:
-                raise
-            raise err from None
-        if fs is not None:
-            self.from_cache[source.name] = fs.from_cache
-        return fs
 
 
 class SharedExtractor:
@@ -69,7 +41,6 @@ class SharedExtractor:
                         "use_cache": use_cache, "progress": progress, "workers": workers,
                         "dtype": dtype}
         self._held: dict[tuple[str, int], FeatureSet] = {}
-        self.passes = 0  # forward passes over a source (a test counts them)
 
     def view(self, index: int) -> _View:
         return _View(self, index)
@@ -86,7 +57,6 @@ class SharedExtractor:
                     if err is not None:
                         raise err from None
                 raise
-            self.passes += 1
             for i, fs in enumerate(sets):
                 self._held[(source.fingerprint, i)] = fs
         return self._held.pop(key)
@@ -103,14 +73,23 @@ class _View:
 
     def __call__(self, source: DataSource, *, class_stats: bool = False) -> FeatureSet | None:
         """The features of ``source`` (None on a distributed rank other than 0). ``class_stats``:
-        also accumulate the class statistics of every layer on each rank's share (a fit set),
-        merged on rank 0 into ``fs.class_stats``."""
+        under torch.distributed, also accumulate the class statistics of every layer on each rank's
+        share (a fit set), merged on rank 0 into ``fs.meta["class_stats"]``."""
         fs = self.shared._get(source, self.index, class_stats)
         if fs is not None:
             self.from_cache[source.name] = fs.from_cache
             if class_stats and fs.shard_summaries:
                 fs.meta["class_stats"] = merge_rank_stats(fs.shard_summaries)
         return fs
+
+
+class FeatureExtractor(_View):
+    """``extractor(source)`` -> the :class:`FeatureSet` of ``source`` under one checkpoint and one
+    set of extraction options; ``from_cache`` maps each set's name to whether it was a cache hit.
+    (A :class:`SharedExtractor` of one checkpoint.)"""
+
+    def __init__(self, ckpt: LoadedCheckpoint, **options):
+        super().__init__(SharedExtractor([ckpt], **options), 0)
 
 
 def _class_stats_of(ckpts):
