@@ -99,17 +99,6 @@ def init_from_env() -> World:
     return _WORLD
 
 
-def shutdown() -> None:
-    """Leave the process group (at the end of a run)."""
-    global _WORLD
-    if _WORLD.distributed:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    _WORLD = World()
-
-
 def _collective(what: str, fn, *args):
     try:
         return fn(*args)
@@ -156,13 +145,6 @@ def broadcast_from_main(obj, what: str = "sharing the plan"):
     box = [obj]
     _collective(what, dist.broadcast_object_list, box, 0)
     return box[0]
-
-
-def barrier(what: str = "waiting for the other ranks") -> None:
-    if _WORLD.distributed:
-        import torch.distributed as dist
-
-        _collective(what, dist.barrier)
 
 
 def shard_rows(n: int, batch_size: int, rank: int, size: int) -> np.ndarray:
