@@ -73,21 +73,15 @@ def _is_trajectory(path: Path) -> bool:
 def _curves(path: Path, below, metric: str, layer: str, by: str, fmt: str) -> None:
     """The first epoch at which each recipe's curve crosses ``below`` (a trajectory.csv)."""
     from ..errors import NcprobeError
-    from ..report.csvlog import os_error, parse_table, snapshot
+    from ..report.csvlog import read_table
     from ..report.trajectory import first_epoch_table
 
     path = path / "trajectory.csv" if path.is_dir() else path
     if below is None:
         raise NcprobeError(f"{path} is a trajectory table; give --below VALUE (e.g. --below 0.5) to compare the "
                            "epochs at which each recipe's curve gets there")
-    try:
-        data = snapshot(path.parent, [path.name])[path.name]
-    except OSError as exc:
-        raise os_error(path, exc, reading=True) from exc
-    if data is None:
-        raise NcprobeError(f"{path} does not exist; pass the trajectory.csv of `ncprobe finetune --track` or of "
-                           "`ncprobe collapse CKPT...`")
-    table = parse_table(data, path, hint="pass a trajectory.csv written by ncprobe")
+    table = read_table(path, hint="pass the trajectory.csv of `ncprobe finetune --track` or of "
+                                  "`ncprobe collapse CKPT...`")
     missing = {"epoch", "layer", "metric", "value", "run_id"} - set(table.columns)
     if missing:
         raise NcprobeError(f"{path} lacks the columns {', '.join(sorted(missing))}; --below needs a trajectory.csv "
