@@ -15,7 +15,6 @@ latest.
 from __future__ import annotations
 
 import datetime as _dt
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,17 +39,13 @@ from ..jobs.trajectory import (
 )
 from ..jobs.write import check_out, write_tables
 from ..report.csvlog import read_table
+from ..report.schema import new_run_id
 
 
 def epoch_path(out, epoch: int) -> Path:
     """Where ``save_every`` keeps the checkpoint of ``epoch``: ``<out stem>.epochNNN.safetensors``."""
     out = Path(out)
     return out.with_name(f"{out.stem}.epoch{int(epoch):03d}{out.suffix}")
-
-
-def new_run_id() -> str:
-    """A tracking run id in the shape of :meth:`ncprobe.report.schema.RunInfo.new`'s."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 def _labelled_set(spec: str, data_root, what: str, num_classes: int) -> DataSource:
@@ -173,4 +168,4 @@ class Tracker:
         return write_trajectory_plot(self.out_dir, self._recorded(), self.name, title=self.title)
 
 
-__all__ = ["Tracker", "epoch_path", "new_run_id"]
+__all__ = ["Tracker", "epoch_path"]

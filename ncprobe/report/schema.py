@@ -37,6 +37,12 @@ CORRELATION_COLUMNS = ["x", "y", "n_layers", "pearson_r", "pearson_p", "spearman
                        "checkpoint", "arch", "mode", "group"]
 
 
+def new_run_id(now: _dt.datetime | None = None) -> str:
+    """A run id: the UTC time (``YYYYmmdd-HHMMSS``) and 6 random hex digits."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """Who and when: the columns every row of one run shares."""
@@ -60,7 +66,7 @@ class RunInfo:
     def new(cls, ckpt, *, group: str | None = None, seed: int = 0) -> RunInfo:
         """A fresh run id (UTC time + 6 random hex digits) for checkpoint ``ckpt``."""
         now = _dt.datetime.now(_dt.timezone.utc)
-        return cls(run_id=now.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3),
+        return cls(run_id=new_run_id(now),
                    timestamp=now.isoformat(timespec="seconds"), checkpoint=ckpt.name,
                    checkpoint_sha256=ckpt.sha256, arch=ckpt.arch, mode=ckpt.mode, group=group or "", seed=seed,
                    recipe=ckpt.recipe_id, epoch=ckpt.epoch,
