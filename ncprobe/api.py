@@ -15,13 +15,21 @@ from .checkpoint.loaded import LoadedCheckpoint
 from .distributed import world
 from .errors import ParameterError
 from .jobs.calibrate import calibrate
-from .jobs.compute import accuracy, collapse_table, layers_tables
+from .jobs.compute import accuracy, layers_tables
 from .jobs.extract import FeatureExtractor, SharedExtractor, extract_layers_features
 from .jobs.inputs import (
     check_labelled,
     resolve_checkpoint,
     resolve_layers_inputs,
     resolve_source,
+)
+from .jobs.trajectory import (
+    expand_checkpoints,
+    measure_collapse,
+    order_points,
+    point_run,
+    trajectory_frame,
+    write_trajectory_plot,
 )
 from .jobs.write import check_out, write_layers_plot, write_scores, write_tables
 from .report.schema import (
@@ -93,15 +101,14 @@ def collapse(checkpoint, data, *, layers=None, out=None, device=None, batch_size
         check_out(out, ["collapse.csv"])
     ckpt = resolve_checkpoint(checkpoint, checkpoint_options)
     source = resolve_source(data, data_root=data_root, download=download, default_split="train")
-    check_labelled(source, ckpt.num_classes, "fit")
-    notes = _calibrated(ckpt, source, device, batch_size, report, cache_dir, use_cache)
-    extract = _extractor(ckpt, layers, device, batch_size, cache_dir, use_cache, progress, workers, cache_dtype)
-    fs = extract(source, class_stats=world().distributed)
+    run = RunInfo.new(ckpt, group=group)
+    table, fs, notes, extract = measure_collapse(ckpt, source, run, layers=layers, device=device,
+                                                 batch_size=batch_size, cache_dir=cache_dir, use_cache=use_cache,
+                                                 progress=progress, report=report, workers=workers, dtype=cache_dtype)
     if fs is None:  # a distributed rank other than 0: rank 0 reports
         return None
-    run = RunInfo.new(ckpt, group=group)
     result = LayersResult(run_id=run.run_id, checkpoint=ckpt, ood=pd.DataFrame(columns=OOD_COLUMNS),
-                          collapse=collapse_table(fs, ckpt, run), id_accuracy=accuracy(fs, ckpt.num_classes),
+                          collapse=table, id_accuracy=accuracy(fs, ckpt.num_classes),
                           from_cache=extract.from_cache, notes=notes)
     if out is not None:
         result.out = write_tables(out, {"collapse.csv": result.collapse})
@@ -277,15 +284,6 @@ def collapse_trajectory(checkpoints, data, *, layers=None, out=None, device=None
     stores none). Each point is measured as :func:`collapse` measures it; the rows share one run id.
     With ``out``: every checkpoint's rows appended to ``out/collapse.csv`` and the trajectory to
     ``out/trajectory.csv`` in one transaction, and NC1 against epoch drawn to ``out/<run_id>.trajectory.png``."""
-    from .jobs.trajectory import (
-        expand_checkpoints,
-        measure_collapse,
-        order_points,
-        point_run,
-        trajectory_frame,
-        write_trajectory_plot,
-    )
-
     if out is not None:
         check_out(out, ["collapse.csv", "trajectory.csv"])
     items = expand_checkpoints(checkpoints)
