@@ -19,12 +19,12 @@ from .jobs.compute import accuracy, layers_tables
 from .jobs.extract import FeatureExtractor, SharedExtractor, extract_layers_features
 from .jobs.inputs import (
     check_labelled,
+    expand_checkpoints,
     resolve_checkpoint,
     resolve_layers_inputs,
     resolve_source,
 )
 from .jobs.trajectory import (
-    expand_checkpoints,
     measure_collapse,
     order_points,
     point_run,

@@ -70,12 +70,11 @@ def command(preset, checkpoints, sets, full_spectrum, tune, scorers, layers, sco
       ncprobe bench openood-cifar10 'seeds/*.safetensors' --set tin=tin_resize.npz --group l2
     """
     from ..api import bench
+    from ..jobs.inputs import expand_checkpoints
     from ..report.tables import render
 
     started = time.perf_counter()
     out_dir = ensure_writable_dir(out)
-    from ..jobs.trajectory import expand_checkpoints
-
     paths = expand_checkpoints(checkpoints)
     result = bench(preset, paths, sets=list(sets), full_spectrum=full_spectrum, tune=tune, scorers=scorers,
                    layers=layers, out=out_dir, group=group, checkpoint_options=checkpoint_options,

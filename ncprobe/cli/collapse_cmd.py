@@ -34,7 +34,7 @@ def command(checkpoints, data, layers, out, group, checkpoint_options, run):
     NC3  classifier vs class means (classifier input only); NC4: classifier vs nearest class mean
     """
     from ..api import collapse
-    from ..jobs.trajectory import expand_checkpoints
+    from ..jobs.inputs import expand_checkpoints
     from ..report.tables import render
 
     started = time.perf_counter()

@@ -66,11 +66,10 @@ def command(checkpoints, id_spec, ood_specs, fit_spec, fit_split, scorers, layer
       ncprobe layers 'seeds/l2-*.safetensors' --id cifar10 --ood svhn --group l2 --out runs/
     """
     from ..api import layers_many
+    from ..jobs.inputs import expand_checkpoints
 
     started = time.perf_counter()
     out_dir = ensure_writable_dir(out)
-    from ..jobs.trajectory import expand_checkpoints
-
     paths = expand_checkpoints(checkpoints)
     params = list(scorer_params) + ([f"knn.k={knn_k}"] if knn_k else [])
     results = layers_many(paths, id_spec, list(ood_specs), fit_spec, scorers=scorers, layers=layers, out=out_dir,

@@ -4,7 +4,11 @@ the scorers need, empty sets, conflicting parameters)."""
 
 from __future__ import annotations
 
+import glob
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +24,40 @@ def resolve_checkpoint(checkpoint, options: dict | None = None) -> LoadedCheckpo
     if isinstance(checkpoint, LoadedCheckpoint):
         return checkpoint
     return load_checkpoint(checkpoint, **(options or {}))
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def expand_checkpoints(args) -> list[str]:
+    """The checkpoints named by ``args``: each argument as given, or, when it holds a glob character
+    (``* ? [``) and is no existing path, the files it matches in sorted order. A pattern that matches
+    no file is a one-line error. A file named twice is kept once (its first place)."""
+    found: list = []
+    for arg in [args] if isinstance(args, (str, os.PathLike)) else args:
+        if not isinstance(arg, (str, os.PathLike)):  # a LoadedCheckpoint: as it is
+            found.append(arg)
+            continue
+        text = str(arg)
+        if _GLOB.search(text) and not Path(text).expanduser().exists():
+            hits = [h for h in sorted(glob.glob(os.path.expanduser(text))) if Path(h).is_file()]
+            if not hits:
+                raise NcprobeError(f"no checkpoint file matches {text!r}; check the pattern (quote it, "
+                                   "e.g. 'runs/m.epoch*.safetensors', so that ncprobe expands it)")
+            found.extend(hits)
+        else:
+            found.append(text)
+    if not found:
+        raise NcprobeError("no checkpoint given; pass one or more CKPT paths or a quoted glob")
+    seen: set[str] = set()
+    unique = []
+    for item in found:
+        if isinstance(item, str):
+            if item in seen:
+                continue
+            seen.add(item)
+        unique.append(item)
+    return unique
 
 
 def resolve_source(spec, *, data_root=None, download=False, default_split="test") -> DataSource:

@@ -12,9 +12,6 @@ the same numbers.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -41,38 +38,6 @@ TRACK_SEED = 0
 TRACK_SCORERS = ("energy", "mahalanobis")
 #: the trajectory's table and the suffix of its figure
 TRAJECTORY_TABLE = "trajectory.csv"
-_GLOB = re.compile(r"[*?\[]")
-
-
-def expand_checkpoints(args) -> list[str]:
-    """The checkpoints named by ``args``: each argument as given, or, when it holds a glob character
-    (``* ? [``) and is no existing path, the files it matches in sorted order. A pattern that matches
-    no file is a one-line error. A file named twice is kept once (its first place)."""
-    found: list = []
-    for arg in [args] if isinstance(args, (str, os.PathLike)) else args:
-        if not isinstance(arg, (str, os.PathLike)):  # a LoadedCheckpoint: as it is
-            found.append(arg)
-            continue
-        text = str(arg)
-        if _GLOB.search(text) and not Path(text).expanduser().exists():
-            hits = [h for h in sorted(glob.glob(os.path.expanduser(text))) if Path(h).is_file()]
-            if not hits:
-                raise NcprobeError(f"no checkpoint file matches {text!r}; check the pattern (quote it, "
-                                   "e.g. 'runs/m.epoch*.safetensors', so that ncprobe expands it)")
-            found.extend(hits)
-        else:
-            found.append(text)
-    if not found:
-        raise NcprobeError("no checkpoint given; pass one or more CKPT paths or a quoted glob")
-    seen: set[str] = set()
-    unique = []
-    for item in found:
-        if isinstance(item, str):
-            if item in seen:
-                continue
-            seen.add(item)
-        unique.append(item)
-    return unique
 
 
 def track_spec(train_spec: str, available: int, n: int | None = None, seed: int = TRACK_SEED) -> tuple[str, str | None]:
@@ -191,6 +156,6 @@ def write_trajectory_plot(out, trajectory: pd.DataFrame, name: str, title: str =
         raise os_error(path, exc) from exc
 
 
-__all__ = ["TRACK_N", "TRACK_SCORERS", "TRACK_SEED", "TRAJECTORY_TABLE", "expand_checkpoints",
+__all__ = ["TRACK_N", "TRACK_SCORERS", "TRACK_SEED", "TRAJECTORY_TABLE",
            "measure_collapse", "ood_aurocs", "order_points", "point_run", "run_seed", "track_spec",
            "trajectory_frame", "write_trajectory_plot"]
