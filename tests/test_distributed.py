@@ -147,3 +147,10 @@ def test_collapse_and_eval_under_two_ranks_equal_one_process(setup):
     two = _torchrun(tmp_path, ["eval", *model, "--data", sets["id"]], _env(), tmp_path / "l2")
     logs = _rank_logs(tmp_path / "l2", "stdout")
     assert two.returncode == 0 and acc_one.startswith("accuracy: ") and logs[0].strip() == acc_one and not logs[1].strip()
+
+
+def test_a_malformed_launcher_environment_is_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "ncprobe", "inspect", "x.pt"], cwd=tmp_path,
+                         env={**_env(), "WORLD_SIZE": "abc"}, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: the launcher's WORLD_SIZE='abc' is not a whole number; start ncprobe with torchrun"]

@@ -91,21 +91,23 @@ def _stopped(signum, frame):
                            "cancelled); nothing of this run was written: see the failing rank's error")
 
 
-def _join_distributed():
+def _join_distributed() -> None:
     """Under torchrun: join the process group; ranks other than 0 print nothing but their errors,
-    and a stop from the launcher (SIGTERM) ends this rank with one line."""
+    and a stop from the launcher (SIGTERM) ends this rank with one line. (A WORLD_SIZE that is
+    not a number is init_from_env's one-line error.)"""
     import os
     import signal
 
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return None
+    if os.environ.get("WORLD_SIZE", "").strip() in ("", "1"):
+        return  # one process: nothing to import or join
     from ..distributed import init_from_env
 
     world = init_from_env()
+    if not world.distributed:
+        return
     signal.signal(signal.SIGTERM, _stopped)
     if not world.is_main:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
-    return world
 
 
 def main(argv=None) -> None:
