@@ -83,3 +83,12 @@ def test_a_scorer_that_copies_the_fit_matrix_refuses_beyond_the_budget():
     assert "\n" not in str(info.value) and "mahalanobis" in str(info.value)
     with using_memory_budget(110_000):
         get_scorer("vim").fit(x, head=(w, b))  # just fits
+
+
+def test_a_malformed_memory_budget_flag_is_one_line_naming_the_flag(capsys):
+    from tests.helpers import run_main
+
+    code, _, err = run_main(["layers", "x.pt", "--id", "digits", "--ood", "noise:gaussian", "--memory-budget", "lots"],
+                            capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "error: --memory-budget: memory size must be bytes or a size like 8G or 512M, got 'lots'"]

@@ -63,8 +63,13 @@ def run_options(fn):
                 "cache_dtype": cache_dtype}
         if memory_budget is None:
             return fn(*args, run=opts, **kwargs)
-        from ..budget import using_memory_budget
+        from ..budget import parse_bytes, using_memory_budget
+        from ..errors import NcprobeError, ParameterError
 
+        try:
+            parse_bytes(memory_budget)
+        except NcprobeError as exc:
+            raise ParameterError(f"{{memory_budget}}: {exc}") from None
         with using_memory_budget(memory_budget):  # for this command only (a malformed size: one line)
             return fn(*args, run=opts, **kwargs)
 
