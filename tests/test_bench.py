@@ -169,3 +169,15 @@ def test_real_ddu_and_openood_cifar10_on_shared_data(shared_data, tmp_path, caps
         assert 0.8 < energy.auroc_near < 0.95 and energy.auroc_far > 0.85  # a trained CIFAR-10 ResNet
         ood = pd.read_csv(out / "ood.csv", keep_default_na=False)
         assert set(ood["ood_group"]) == {"near", "far"}
+
+
+def test_a_broken_presets_file_is_one_line(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "presets.yaml"
+    monkeypatch.setenv("NCPROBE_BENCHMARKS", str(bad))
+    for text, expect in (("presets: [unclosed", "cannot read the benchmark presets"),
+                         ("presets:\n  toy:\n    id: {a: x.npz}\n    near: {b: y.npz}\n", "needs exactly one fit set"),
+                         ("presets:\n  toy:\n    id: {a: x.npz}\n    fit: {f: z.npz}\n    nearr: {b: y.npz}\n",
+                          "unknown keys nearr")):
+        bad.write_text(text)
+        code, _, err = _run(["bench", "toy", "m.pt", "--out", str(tmp_path / "runs")], capsys)
+        assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, err

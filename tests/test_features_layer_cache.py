@@ -102,3 +102,28 @@ def test_float16_overflow_is_a_one_line_error(tmp_path):
         extract_features(ckpt, make_source(n=6), use_cache=False, progress=False, dtype="float16")
     with pytest.raises(ex.NcprobeError, match="unknown feature dtype"):
         extract_features(ckpt, make_source(n=6), use_cache=False, progress=False, dtype="int8")
+
+
+def test_memory_mapped_entries_are_verified_before_they_are_mapped(tmp_path, monkeypatch):
+    """Over a sixteenth of the memory budget an entry's array is mapped, not read: a flipped byte in
+    its data or a truncated file is still found (CRC and digest are checked in chunks first)."""
+    from ncprobe.features import cache as fc
+    from ncprobe.features.featureset import FeatureSet
+
+    monkeypatch.setenv("NCPROBE_MEMORY_BUDGET", "64K")  # maps anything over 16 MiB (the read chunk)
+    x = np.random.default_rng(0).standard_normal((4200, 1024)).astype(np.float32)  # 17.2 MB
+    fs = FeatureSet(name="a", layers=["l"], features={"l": x}, labels=np.arange(4200) % 3)
+    key = "ab" * 16
+    path = fc.save(tmp_path, key, fs)
+    got, state = fc.lookup(tmp_path, key, "a")
+    assert state == fc.HIT and isinstance(got["l"], np.memmap) and np.array_equal(got["l"], x)
+    del got
+    data = bytearray(path.read_bytes())
+    good = bytes(data)
+    data[len(data) // 2] ^= 0x10  # inside the array's bytes
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="damaged"):
+        assert fc.lookup(tmp_path, key, "a") == (None, fc.DAMAGED)
+    path.write_bytes(good[: len(good) - 1000])  # truncated
+    with pytest.warns(UserWarning, match="damaged"):
+        assert fc.lookup(tmp_path, key, "a") == (None, fc.DAMAGED)
